@@ -1,0 +1,190 @@
+"""The three plugin interfaces: Dataset, Method and Metric, and the data they exchange.
+
+This module imports only numpy, so third-party plugins can subclass these without pulling in
+torch at listing time. Methods that need torch import it inside their own modules.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+Direction = Literal["max", "min"]
+
+# Called by a method once per epoch (or per logging step) with the epoch index and the mean of
+# each loss term; the runner turns it into a progress bar and checks the numbers are finite.
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Split:
+    """One split of a dataset.
+
+    x: float32 array (N, C, H, W) for images or (N, 1, D, H, W) for volumes, values in [0, 1]
+       for images (volumes may be z-scored).
+    content: int array (N,), the content class (digit, object, composition).
+    conformation: optional int array (N,), conformation labels where known.
+    transform_params: optional float array (N, P), true transformation parameters where known.
+    """
+
+    x: np.ndarray
+    content: np.ndarray
+    conformation: np.ndarray | None = None
+    transform_params: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.ndim not in (4, 5):
+            raise ValueError(
+                f"inputs must be (N, C, H, W) images or (N, 1, D, H, W) volumes, got shape {self.x.shape}"
+            )
+        if len(self.content) != len(self.x):
+            raise ValueError(f"{len(self.content)} content labels for {len(self.x)} inputs")
+        for name in ("conformation", "transform_params"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.x):
+                raise ValueError(f"{len(value)} {name} rows for {len(self.x)} inputs")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. (1, 28, 28)."""
+        return tuple(self.x.shape[1:])
+
+
+@dataclass
+class DataBundle:
+    """What a dataset hands the runner: a train and a test split plus facts about them."""
+
+    train: Split
+    test: Split
+    class_names: list[str] | None = None
+    # Free-form provenance: files read, checksums verified, preprocessing applied.
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.train.shape
+
+    @property
+    def n_classes(self) -> int:
+        return int(len(np.unique(np.concatenate([self.train.content, self.test.content]))))
+
+
+class Dataset(abc.ABC):
+    """A source of train and test inputs with content labels.
+
+    Subclasses set `name`, `shape` (one input's shape, known before loading so that the runner
+    can check a method supports it up front) and `default_metrics`, and implement `load`.
+    """
+
+    name: ClassVar[str]
+    shape: ClassVar[tuple[int, ...]]
+    default_metrics: ClassVar[tuple[str, ...]] = ("dscore",)
+    # Numbers published in papers for this dataset: {method: {metric column: value}}.
+    reported: ClassVar[dict[str, dict[str, float]]] = {}
+    reported_source: ClassVar[str] = ""
+
+    def __init__(self, data_root: Path | None = None, **options: Any) -> None:
+        self.data_root = data_root
+        self.options = options
+
+    @abc.abstractmethod
+    def load(self, seed: int) -> DataBundle:
+        """Return the train and test splits. Splits must not depend on the seed unless the
+        dataset is simulated; seeds drive simulation and subsampling only."""
+
+
+@dataclass
+class Codes:
+    """Content and transformation codes of a set of inputs, one row per input."""
+
+    content: np.ndarray
+    transformation: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.content) != len(self.transformation):
+            raise ValueError("content and transformation codes have different lengths")
+
+
+class Method(abc.ABC):
+    """A disentanglement method: trains on a dataset, then encodes inputs into codes.
+
+    Lifecycle used by the runner:
+      m = MethodClass(config, input_shape, device, seed); m.fit(train, on_epoch)
+      m.save(path); m.encode(x) -> Codes; m.decode(c, z) if m.generative.
+    `config` is the resolved dict of this method's settings (defaults for the preset, then
+    the user's overrides); `default_config` lists every setting a user may override.
+    """
+
+    name: ClassVar[str]
+    generative: ClassVar[bool] = False
+
+    @classmethod
+    @abc.abstractmethod
+    def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Every setting with its default for this preset ('quick' or 'paper') and shape.
+        Must contain 'epochs'."""
+
+    @classmethod
+    def supports(cls, input_shape: tuple[int, ...]) -> str | None:
+        """None if the method can run on inputs of this shape, else a reason why not."""
+        return None
+
+    def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:
+        self.config = config
+        self.input_shape = tuple(input_shape)
+        self.device = device
+        self.seed = seed
+
+    @abc.abstractmethod
+    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+        """Train on `train`, calling on_epoch(epoch, {loss term: mean}) after each epoch."""
+
+    @abc.abstractmethod
+    def encode(self, x: np.ndarray) -> Codes:
+        """Encode inputs (N, *input_shape) into deterministic codes (posterior means)."""
+
+    def decode(self, content: np.ndarray, transformation: np.ndarray) -> np.ndarray:
+        """Generate inputs from (content, transformation) code pairs; generative methods only."""
+        raise TypeError(f"method '{self.name}' is not generative and cannot decode")
+
+    @abc.abstractmethod
+    def save(self, path: Path) -> None:
+        """Write the trained state to `path` (the runner makes the write atomic)."""
+
+    @abc.abstractmethod
+    def load_state(self, path: Path) -> None:
+        """Restore a state written by `save`; must not execute code from the file."""
+
+
+@dataclass
+class MetricInput:
+    """Everything a metric may look at. Codes are of the train and test splits."""
+
+    train_codes: Codes
+    test_codes: Codes
+    data: DataBundle
+    method: Method
+    seed: int
+
+
+class Metric(abc.ABC):
+    """A score computed from codes, labels and, where needed, the trained method.
+
+    `columns` maps each number the metric reports to its direction: 'max' if higher is better,
+    'min' if lower is better. `compute` returns {column: value} (NaN for "not applicable").
+    """
+
+    name: ClassVar[str]
+    columns: ClassVar[dict[str, Direction]]
+
+    @abc.abstractmethod
+    def compute(self, inputs: MetricInput) -> dict[str, float]:
+        ...

@@ -1,0 +1,90 @@
+"""Run settings: presets, `--set key=value` overrides, and the resolved configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dcbench.errors import DcbenchError
+from dcbench.registry import unknown_name_message
+
+PRESETS = ("quick", "paper")
+# Settings the runner itself owns (everything else belongs to the method).
+DATA_SETTINGS = {"data.train_size": 0, "data.test_size": 0}
+
+
+@dataclass
+class RunSpec:
+    """What the user asked for on the command line."""
+
+    method: str
+    dataset: str
+    metrics: list[str] = field(default_factory=list)
+    seed: int = 0
+    preset: str = "quick"
+    epochs: int | None = None
+    device: str = "auto"
+    overrides: dict[str, str] = field(default_factory=dict)
+    data_root: Path | None = None
+    runs_dir: Path = Path("runs")
+    leaderboard_dir: Path | None = Path("leaderboards")
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """['lr=1e-3', 'transform=blur'] -> {'lr': '1e-3', 'transform': 'blur'}."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DcbenchError(f"--set expects key=value, got '{item}'")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def coerce(key: str, text: str, default: Any) -> Any:
+    """Convert a --set value to the type of the setting's default."""
+    try:
+        if isinstance(default, bool):
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError:
+        raise DcbenchError(f"setting '{key}' expects a {type(default).__name__}, got '{text}'") from None
+    return text
+
+
+def resolve_method_config(defaults: dict[str, Any], overrides: dict[str, str], epochs: int | None,
+                          method_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Apply overrides to a method's defaults. Returns (method config, data settings)."""
+    config = dict(defaults)
+    data = dict(DATA_SETTINGS)
+    for key, text in overrides.items():
+        short = key.removeprefix("method.")
+        if key in data:
+            data[key] = coerce(key, text, data[key])
+        elif short in config:
+            config[short] = coerce(key, text, config[short])
+        else:
+            known = sorted(config) + sorted(DATA_SETTINGS)
+            raise DcbenchError(unknown_name_message(f"setting for {method_name}", key, known))
+    if epochs is not None:
+        if epochs < 1:
+            raise DcbenchError(f"--epochs must be at least 1, got {epochs}")
+        config["epochs"] = epochs
+    return config, data
+
+
+def preset_label(preset: str, overrides: dict[str, str], epochs: int | None) -> str:
+    """The leaderboard's name for a budget: the preset plus whatever the user changed."""
+    changes = dict(overrides)
+    if epochs is not None:
+        changes["epochs"] = str(epochs)
+    if not changes:
+        return preset
+    return preset + " " + " ".join(f"{k.removeprefix('method.')}={v}" for k, v in sorted(changes.items()))

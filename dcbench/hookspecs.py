@@ -1,0 +1,43 @@
+"""The pluggy hooks a dcbench plugin may implement.
+
+Each hook receives a `register` callback; the host owns validation, name collisions and
+provenance. A plugin module looks like:
+
+    import dcbench
+
+    @dcbench.hookimpl
+    def register_methods(register):
+        register("my-method", "my_package.method:MyMethod", description="what it does")
+
+The second argument is the class itself or a lazy "module:attr" string, which dcbench imports
+only when the item is used (so `dcbench list` stays fast).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import pluggy
+
+PROJECT = "dcbench"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class Register(Protocol):
+    def __call__(self, name: str, target: Any, description: str = "") -> None: ...
+
+
+@hookspec
+def register_methods(register: Register) -> None:
+    """Register Method classes: register(name, cls_or_'module:attr', description=...)."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register Dataset classes."""
+
+
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register Metric classes."""

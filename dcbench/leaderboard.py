@@ -1,0 +1,154 @@
+"""Leaderboards: one JSON-lines file of run rows per dataset, rendered to Markdown.
+
+Appends happen under a cross-process file lock and each line is written with one write()
+call on a file opened for appending, so concurrent runs never lose or interleave rows. The
+Markdown is re-rendered under the same lock and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from dcbench import atomic
+
+ARROWS = {"max": "↑", "min": "↓"}
+
+
+def jsonl_path(directory: Path, dataset: str) -> Path:
+    return Path(directory) / f"{dataset}.jsonl"
+
+
+def markdown_path(directory: Path, dataset: str) -> Path:
+    return Path(directory) / f"{dataset}.md"
+
+
+def _lock(directory: Path, dataset: str) -> FileLock:
+    return FileLock(str(jsonl_path(directory, dataset)) + ".lock", timeout=120)
+
+
+def append_row(directory: Path, dataset: str, row: dict[str, Any],
+               reported: dict[str, dict[str, float]] | None = None, reported_source: str = "") -> Path:
+    """Append one run's row and re-render the dataset's Markdown; returns the Markdown path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(row, sort_keys=True, default=atomic.json_default) + "\n").encode("utf-8")
+    with _lock(directory, dataset):
+        fd = os.open(jsonl_path(directory, dataset), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return _render_locked(directory, dataset, reported or {}, reported_source)
+
+
+def render(directory: Path, dataset: str, reported: dict[str, dict[str, float]] | None = None,
+           reported_source: str = "") -> Path:
+    with _lock(directory, dataset):
+        return _render_locked(Path(directory), dataset, reported or {}, reported_source)
+
+
+def read_rows(directory: Path, dataset: str) -> list[dict[str, Any]]:
+    """All rows; a line that is not valid JSON (a crash from an old version) is skipped."""
+    path = jsonl_path(directory, dataset)
+    if not path.exists():
+        return []
+    rows = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _render_locked(directory: Path, dataset: str, reported: dict[str, dict[str, float]],
+                   reported_source: str) -> Path:
+    text = render_markdown(dataset, read_rows(directory, dataset), reported, reported_source)
+    target = markdown_path(directory, dataset)
+    atomic.write_text(target, text)
+    return target
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _format(values: list[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    mean, std = _mean_std(values)
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str, dict[str, float]],
+                    reported_source: str = "") -> str:
+    """The leaderboard page: one line per (method, preset) with mean ± std over seeds and n,
+    and the paper's reported numbers as separate rows labelled 'reported'."""
+    from tabulate import tabulate
+
+    directions: dict[str, str] = {}
+    for row in rows:
+        directions.update(row.get("directions", {}))
+    columns = list(directions)
+    groups: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
+    for row in sorted(rows, key=lambda r: (r["method"], r["preset"])):
+        groups.setdefault((row["method"], row["preset"]), []).append(row)
+    methods = sorted({m for m, _ in groups} | set(reported))
+    header = ["method", "preset"] + [f"{c} {ARROWS.get(directions.get(c, ''), '')}".strip() for c in columns]
+    header += ["n", "seeds"]
+    table = []
+    for method in methods:
+        for (name, preset), members in groups.items():
+            if name != method:
+                continue
+            cells = [_format([m["metrics"].get(c) for m in members if c in m["metrics"]]) for c in columns]
+            seeds = ",".join(str(s) for s in sorted({m["seed"] for m in members}))
+            table.append([method, preset, *cells, len(members), seeds])
+        if method in reported:
+            cells = [f"{reported[method][c]:.2f}" if c in reported[method] else "" for c in columns]
+            table.append([method, "reported", *cells, "", ""])
+    lines = [
+        f"# Leaderboard: {dataset}",
+        "",
+        "Rendered by dcbench from `" + f"{dataset}.jsonl" + "`; do not edit by hand. Each measured row is "
+        "the mean ± sample std over seeds of real runs, with n runs; ↑ higher is better, ↓ lower is better.",
+        "The preset column names the training budget (preset plus any overrides; see Budgets below). "
+        "Rows labelled *reported* are numbers published in the paper, not reruns"
+        + (f" ({reported_source})." if reported_source else "."),
+        "",
+        tabulate(table, headers=header, tablefmt="github", disable_numparse=True) if table else "(no runs yet)",
+        "",
+    ]
+    budgets = _budgets(rows)
+    if budgets:
+        lines += ["## Budgets", "", tabulate(budgets, headers=["method", "preset", "epochs", "train images",
+                                                               "batch", "lr", "median train time (s)"],
+                                               tablefmt="github", disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def _budgets(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    seen: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
+    for row in sorted(rows, key=lambda r: (r["method"], r["preset"])):
+        seen.setdefault((row["method"], row["preset"]), []).append(row)
+    out = []
+    for (method, preset), members in seen.items():
+        budget = members[-1].get("budget", {})
+        times = sorted(m.get("train_seconds", float("nan")) for m in members)
+        median = times[len(times) // 2]
+        out.append([method, preset, budget.get("epochs", "?"), budget.get("train_size", "?"),
+                    budget.get("batch_size", "?"), budget.get("lr", "?"),
+                    "?" if math.isnan(median) else f"{median:.0f}"])
+    return out

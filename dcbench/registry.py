@@ -1,0 +1,196 @@
+"""The plugin registry: which methods, datasets and metrics exist, and who supplied each.
+
+Built-ins and third-party plugins go through the same pluggy hooks. Third-party packages are
+found through the entry-point group "dcbench" and loaded one by one, so a plugin that fails
+to import is reported and skipped instead of stopping dcbench. The environment variable
+DCBENCH_PLUGINS, when set, is an allow-list of entry-point names (empty = built-ins only).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from dcbench import __version__, hookspecs
+from dcbench.errors import PluginError, UnknownNameError
+
+ENTRY_POINT_GROUP = "dcbench"
+ALLOW_ENV = "DCBENCH_PLUGINS"
+KINDS = ("method", "dataset", "metric")
+HOOKS = {"method": "register_methods", "dataset": "register_datasets", "metric": "register_metrics"}
+
+
+@dataclass
+class Entry:
+    """One registered item; `target` is the object or a lazy "module:attr" string."""
+
+    kind: str
+    name: str
+    target: Any
+    description: str
+    plugin: str
+    version: str
+    _loaded: Any = field(default=None, repr=False)
+
+    def load(self) -> Any:
+        """The registered object, importing it on first use."""
+        if self._loaded is None:
+            self._loaded = self._import() if isinstance(self.target, str) else self.target
+        return self._loaded
+
+    def _import(self) -> Any:
+        module_name, _, attr = self.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            return getattr(module, attr) if attr else module
+        except Exception as exc:  # a broken plugin must be reported, not crash with a traceback
+            raise PluginError(
+                f"{self.kind} '{self.name}' from plugin '{self.plugin}' failed to load "
+                f"({self.target}): {type(exc).__name__}: {exc}"
+            ) from exc
+
+    @property
+    def source(self) -> str:
+        return f"{self.plugin} {self.version}"
+
+
+class Registry:
+    """All registered items by kind and name, plus the problems met while loading plugins."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], Entry] = {}
+        self._conflicts: dict[tuple[str, str], list[Entry]] = {}
+        self.problems: list[str] = []
+        self.plugins: dict[str, str] = {}  # plugin name -> version
+
+    def add(self, entry: Entry) -> None:
+        if entry.kind not in KINDS:
+            raise PluginError(f"unknown kind '{entry.kind}'")
+        key = (entry.kind, entry.name)
+        if key in self._entries:
+            first = self._entries[key]
+            self._conflicts.setdefault(key, [first]).append(entry)
+            self.problems.append(self._conflict_message(key))
+            return
+        self._entries[key] = entry
+
+    def _conflict_message(self, key: tuple[str, str]) -> str:
+        sources = " and ".join(f"plugin '{e.plugin}' ({e.version})" for e in self._conflicts[key])
+        return (
+            f"{key[0]} name '{key[1]}' is claimed by {sources}; uninstall one, or choose plugins "
+            f"with {ALLOW_ENV}=name1,name2"
+        )
+
+    def entries(self, kind: str | None = None) -> list[Entry]:
+        items = [e for e in self._entries.values() if kind is None or e.kind == kind]
+        return sorted(items, key=lambda e: (KINDS.index(e.kind), e.name))
+
+    def names(self, kind: str) -> list[str]:
+        return [e.name for e in self.entries(kind)]
+
+    def get(self, kind: str, name: str) -> Entry:
+        key = (kind, name)
+        if key in self._conflicts:
+            raise PluginError(self._conflict_message(key))
+        if key not in self._entries:
+            raise UnknownNameError(unknown_name_message(kind, name, self.names(kind)))
+        return self._entries[key]
+
+    def load(self, kind: str, name: str) -> Any:
+        return self.get(kind, name).load()
+
+
+def unknown_name_message(kind: str, name: str, available: Iterable[str]) -> str:
+    available = list(available)
+    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"unknown {kind} '{name}': {hint}available: {', '.join(available) or '(none)'}"
+
+
+def _allowed_names() -> set[str] | None:
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None:
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> dict[str, str]:
+    """Register each installed entry point on its own; return plugin name -> version."""
+    allowed = _allowed_names()
+    versions: dict[str, str] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        dist = getattr(ep, "dist", None)
+        version = dist.version if dist is not None else "?"
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:
+            registry.problems.append(
+                f"plugin '{ep.name}' ({version}) failed to import and was skipped: {type(exc).__name__}: {exc}"
+            )
+            continue
+        versions[ep.name] = version
+    return versions
+
+
+def build_registry(extra_plugins: Iterable[Any] = (), entry_points: bool = True) -> Registry:
+    """Load the built-ins, installed entry points and any in-process plugin objects."""
+    from dcbench import builtin_plugins
+
+    registry = Registry()
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(builtin_plugins, name=builtin_plugins.PLUGIN_NAME)
+    versions = {builtin_plugins.PLUGIN_NAME: __version__}
+    if entry_points:
+        versions.update(_load_entry_points(pm, registry))
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        pm.register(plugin, name=name)
+        versions[pm.get_name(plugin)] = "in-process"
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        registry.problems.append(f"a plugin implements a hook dcbench does not have: {exc}")
+    registry.plugins = versions
+    for kind, hook_name in HOOKS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            _call_register_hook(registry, kind, impl, versions.get(impl.plugin_name, "?"))
+    return registry
+
+
+def _call_register_hook(registry: Registry, kind: str, impl: Any, version: str) -> None:
+    """Run one plugin's register_* hook, attributing what it registers to that plugin."""
+
+    def register(name: str, target: Any, description: str = "") -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{impl.plugin_name}' registered a {kind} without a name")
+        registry.add(Entry(kind, name, target, description.strip(), impl.plugin_name, version))
+
+    try:
+        impl.function(register=register)
+    except Exception as exc:
+        registry.problems.append(
+            f"plugin '{impl.plugin_name}' failed while registering {kind}s and was skipped: "
+            f"{type(exc).__name__}: {exc}"
+        )
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _default
+    if _default is None:
+        _default = build_registry()
+    return _default

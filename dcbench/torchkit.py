@@ -1,0 +1,139 @@
+"""Shared machinery for methods written in PyTorch: devices, seeding, batching, precision,
+state files, and a Method base class that handles encoding and saving.
+
+Imported only by method plugins, never at `dcbench list` / `--help` time.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dcbench.api import Codes, Method
+from dcbench.errors import DcbenchError
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when available else 'cpu'; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DcbenchError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise DcbenchError(f"unknown device '{device}': use auto, cpu or cuda")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, numpy and torch; return a torch.Generator for the method's own draws."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The dtype to autocast to for `precision` in {auto, fp32, bf16}; None means fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise DcbenchError(f"unknown precision '{precision}': use auto, fp32 or bf16")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def minibatches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True) -> Iterator[torch.Tensor]:
+    """Index tensors covering 0..n-1 once; the last batch may be smaller (nothing is dropped)."""
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+    yield from order.split(batch_size)
+
+
+class LossMeter:
+    """Sums loss terms as detached tensors and averages them at the end of an epoch, so the
+    training loop does not synchronise on .item() every step."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for key, value in terms.items():
+            value = value.detach().float()
+            self.totals[key] = self.totals[key] + value if key in self.totals else value
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / max(self.steps, 1) for k, v in self.totals.items()}
+
+
+class TorchMethod(Method, abc.ABC):
+    """A Method whose state is one nn.Module (`self.model`) built by `build_model`.
+
+    Subclasses implement `build_model`, `fit` and `encode_tensor`; this class handles devices,
+    batched encoding to numpy, and safe state files (weights only, loaded with weights_only=True).
+    """
+
+    encode_batch_size = 500
+
+    def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:
+        super().__init__(config, input_shape, resolve_device(device), seed)
+        self.generator = seed_everything(seed)
+        self.model = self.build_model().to(self.device)
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abc.abstractmethod
+    def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(content, transformation) codes of a batch, in eval mode."""
+
+    def to_tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
+
+    @torch.no_grad()
+    def encode(self, x: np.ndarray) -> Codes:
+        self.model.eval()
+        parts = [self.encode_tensor(self.to_tensor(x[i:i + self.encode_batch_size]))
+                 for i in range(0, len(x), self.encode_batch_size)]
+        content = torch.cat([p[0] for p in parts]).float().cpu().numpy()
+        transformation = torch.cat([p[1] for p in parts]).float().cpu().numpy()
+        return Codes(content=content, transformation=transformation)
+
+    def save(self, path: Path) -> None:
+        torch.save({"model": self.model.state_dict()}, path)
+
+    def load_state(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+        except Exception as exc:
+            raise DcbenchError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""dcbench's built-in plugins (installed as the `dcbench_plugins` package)."""

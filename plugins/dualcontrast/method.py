@@ -1,0 +1,195 @@
+"""DualContrast (Uddin, Armouti, Xu): implicit content-transformation disentanglement.
+
+Objective per batch x, with x' = T(x) a content-preserving transformation:
+  VAE(x) + VAE(x')                                  reconstruction + KL on c and z
+  L_con(c) = |cos(c(x), c(x_perm))| + (1 - |cos(c(x), c(x'))|)
+  L_con(z) = |cos(z(x), z(x'))| + (1 - |cos(z(Dec(c1, eps)), z(Dec(c2, eps)))|)
+where c1, c2 are the (detached) content codes of two permutations of the batch and eps one
+transformation code drawn from the prior: two generated images that share a transformation.
+
+Differences from the reference training loop, none of which changes the objective:
+- x and x' are encoded and decoded in one batched pass; the negative content pair reuses the
+  codes of x (permuted) instead of re-encoding the permuted images.
+- The latent-space positive pair only trains the encoder (as in the reference's second,
+  encoder-only step), so its images are generated without gradient instead of back-propagating
+  through a decoder that is not stepped. All terms are summed and taken in one Adam step.
+- Rotation angles are drawn per sample by default (`per_sample_transform`); the reference drew
+  one angle per batch. Batches of any size work (the last batch is not dropped).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from dcbench_plugins.dualcontrast import losses, networks, transforms
+from torch import nn
+
+from dcbench.api import EpochCallback, Split
+from dcbench.errors import DcbenchError
+from dcbench.torchkit import LossMeter, TorchMethod, autocast, autocast_dtype, minibatches
+
+PAIRS = ("both", "positive", "negative")
+
+
+class DualContrastModel(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__()
+        self.encoder, self.decoder = networks.build_networks(input_shape, latent_dim)
+
+
+class DualContrast(TorchMethod):
+    name = "dualcontrast"
+    generative = True
+    # Overridden by the named ablations.
+    ablation: dict[str, Any] = {}
+
+    @classmethod
+    def supports(cls, input_shape: tuple[int, ...]) -> str | None:
+        return networks.unsupported_reason(input_shape)
+
+    @classmethod
+    def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        volume = len(input_shape) == 4
+        latent_dim = {1: 10, 3: 16}.get(input_shape[0], 10) if not volume else 50
+        config: dict[str, Any] = {
+            "latent_dim": latent_dim,
+            "epochs": 200 if not volume else 150,
+            "batch_size": 50 if volume else 100,
+            "lr": 1e-4,
+            "lr_step_epochs": 50,  # step decay x lr_gamma every this many epochs
+            "lr_gamma": 0.1,
+            "kl_weight": 0.01,  # per input element, as in the reference code
+            "recon_weight": 3.0 if volume else 1.0,
+            # The reference divides each pair loss by the number of code elements (batch x d),
+            # i.e. weighs the batch-mean pair losses by 1/d (3/d for volumes); kept as a weight.
+            "contrastive_weight": (3.0 if volume else 1.0) / latent_dim,
+            "con_c": True,
+            "con_z": True,
+            "pairs": "both",
+            "transform": "rotation",
+            "max_rotation_degrees": 90.0,
+            "per_sample_transform": True,
+            "precision": "auto",
+        }
+        if preset == "quick":
+            # Fits a laptop CPU: a higher learning rate so that a few epochs get somewhere.
+            config.update(epochs=20 if not volume else 10, lr=1e-3, lr_step_epochs=10)
+        elif preset != "paper":
+            raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
+        config.update(cls.ablation)
+        return config
+
+    def build_model(self) -> nn.Module:
+        cfg = self.config
+        if cfg["pairs"] not in PAIRS:
+            raise DcbenchError(f"unknown pairs '{cfg['pairs']}': use {', '.join(PAIRS)}")
+        reason = transforms.unsupported_reason(cfg["transform"], self.input_shape)
+        if reason:
+            raise DcbenchError(reason)
+        self.transform = transforms.get_transform(cfg["transform"])
+        self.amp_dtype = autocast_dtype(cfg["precision"], self.device)
+        return DualContrastModel(self.input_shape, int(cfg["latent_dim"]))
+
+    # ----------------------------------------------------------------------------- training
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        kwargs = {"max_degrees": cfg["max_rotation_degrees"]} if cfg["transform"] == "rotation" else {}
+        return self.transform(x, self.generator, per_sample=bool(cfg["per_sample_transform"]), **kwargs)
+
+    def _randperm(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.generator).to(self.device)
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.generator).to(self.device)
+
+    def training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All loss terms for one batch; 'total' is what is minimised."""
+        cfg = self.config
+        use_pos, use_neg = cfg["pairs"] in ("both", "positive"), cfg["pairs"] in ("both", "negative")
+        w = float(cfg["contrastive_weight"])
+        encoder, decoder = self.model.encoder, self.model.decoder
+        b = x.shape[0]
+        with torch.no_grad():
+            x_t = self._transform(x)
+        views = torch.cat([x, x_t])
+        with autocast(self.device, self.amp_dtype):
+            mu_z, logvar_z, mu_c, logvar_c = encoder(views)
+            z = mu_z + self._randn(*mu_z.shape) * torch.exp(0.5 * logvar_z)
+            c = mu_c + self._randn(*mu_c.shape) * torch.exp(0.5 * logvar_c)
+            recon = decoder(c, z)
+        recon_term, kl_term = losses.vae_loss(recon.float(), views, mu_z.float(), logvar_z.float(),
+                                              mu_c.float(), logvar_c.float(),
+                                              cfg["recon_weight"], cfg["kl_weight"])
+        # The reference sums the VAE loss of x and of x', each a per-batch mean: twice the mean.
+        terms = {"recon": 2 * recon_term, "kl": 2 * kl_term}
+        mu_c, mu_z = mu_c.float(), mu_z.float()
+        c_x, c_xt, z_x, z_xt = mu_c[:b], mu_c[b:], mu_z[:b], mu_z[b:]
+        zero = views.new_zeros(())
+        con_c = zero
+        if cfg["con_c"]:
+            if use_neg:
+                con_c = con_c + losses.negative_pair_loss(c_x, c_x[self._randperm(b)])
+            if use_pos:
+                con_c = con_c + losses.positive_pair_loss(c_x, c_xt)
+        con_z = zero
+        if cfg["con_z"]:
+            if use_neg:
+                con_z = con_z + losses.negative_pair_loss(z_x, z_xt)
+            if use_pos:
+                con_z = con_z + self._latent_positive_pair(c_x.detach(), b)
+        terms["con_c"], terms["con_z"] = w * con_c, w * con_z
+        terms["total"] = terms["recon"] + terms["kl"] + terms["con_c"] + terms["con_z"]
+        return terms
+
+    def _latent_positive_pair(self, content: torch.Tensor, b: int) -> torch.Tensor:
+        """Decode one prior draw eps with two permutations of the batch's content codes; the two
+        images share their transformation, so their z codes form a positive pair. Only the
+        encoder learns from this term, so the images are generated without gradient."""
+        eps = self._randn(b, content.shape[1])
+        with torch.no_grad(), autocast(self.device, self.amp_dtype):
+            pair_c = torch.cat([content[self._randperm(b)], content[self._randperm(b)]])
+            generated = self.model.decoder(pair_c, torch.cat([eps, eps]))
+        with autocast(self.device, self.amp_dtype):
+            z_generated = self.model.encoder(generated.float())[0].float()
+        return losses.positive_pair_loss(z_generated[:b], z_generated[b:])
+
+    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+        cfg = self.config
+        data = self.to_tensor(train.x)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=float(cfg["lr"]))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
+                                                    gamma=float(cfg["lr_gamma"]))
+        for epoch in range(int(cfg["epochs"])):
+            self.model.train()
+            meter = LossMeter()
+            for index in minibatches(len(data), int(cfg["batch_size"]), self.generator):
+                terms = self.training_losses(data[index.to(self.device)])
+                optimizer.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                optimizer.step()
+                meter.add(terms)
+            scheduler.step()
+            on_epoch(epoch, meter.means())
+
+    # ----------------------------------------------------------------------------- readout
+    def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu_z, _, mu_c, _ = self.model.encoder(x)
+        return mu_c, mu_z
+
+    @torch.no_grad()
+    def decode(self, content: np.ndarray, transformation: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        out = self.model.decoder(self.to_tensor(content), self.to_tensor(transformation))
+        return out.float().cpu().numpy()
+
+
+class DualContrastNoConC(DualContrast):
+    name = "dualcontrast-no-con-c"
+    ablation = {"con_c": False}
+
+
+class DualContrastNoConZ(DualContrast):
+    name = "dualcontrast-no-con-z"
+    ablation = {"con_z": False}

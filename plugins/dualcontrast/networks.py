@@ -1,0 +1,133 @@
+"""DualContrast's encoder and decoder, per input shape, as described in the paper.
+
+One encoder trunk with heads for (mu_z, logvar_z, mu_c, logvar_c); a decoder Dec(c, z).
+The four heads are one Linear with 4*d outputs: the same parameterisation as four separate
+heads, computed in one matmul.
+Unlike the reference code, the grey and 3D decoders give z and c their own input layers
+(the reference shares one layer between them).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GREY_28 = (1, 28, 28)
+COLOUR_64 = (3, 64, 64)
+VOLUME_32 = (1, 32, 32, 32)
+SUPPORTED_SHAPES = (GREY_28, COLOUR_64, VOLUME_32)
+
+
+class Posterior(nn.Module):
+    """Four linear heads on a feature vector: (mu_z, logvar_z, mu_c, logvar_c)."""
+
+    def __init__(self, features: int, latent_dim: int) -> None:
+        super().__init__()
+        self.heads = nn.Linear(features, 4 * latent_dim)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.heads(h).chunk(4, dim=1))
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=5, stride=2, padding=1),
+        nn.InstanceNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ImageEncoder(nn.Module):
+    """[Conv k5 s2 p1, InstanceNorm, ReLU] blocks, flatten, posterior heads."""
+
+    def __init__(self, channels: list[int], flat: int, latent_dim: int) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(*[_conv_block(a, b) for a, b in zip(channels, channels[1:])])
+        self.posterior = Posterior(flat, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.posterior(self.trunk(x).flatten(1))
+
+
+class VolumeEncoder(nn.Module):
+    """Conv3d k4 s2 p1 1->32->64->128, Conv3d k4 ->512, 1x1x1 ->1024, leaky ReLU."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for a, b in ((1, 32), (32, 64), (64, 128)):
+            layers += [nn.Conv3d(a, b, kernel_size=4, stride=2, padding=1), nn.LeakyReLU()]
+        layers += [nn.Conv3d(128, 512, kernel_size=4), nn.LeakyReLU()]
+        layers += [nn.Conv3d(512, 1024, kernel_size=1), nn.LeakyReLU()]
+        self.trunk = nn.Sequential(*layers)
+        self.posterior = Posterior(1024, latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.posterior(self.trunk(x).flatten(1))
+
+
+class SplitInputDecoder(nn.Module):
+    """z and c each through their own first layer, concatenated, then an MLP."""
+
+    def __init__(self, latent_dim: int, first: int, widths: list[int], out_shape: tuple[int, ...],
+                 activation: type[nn.Module], sigmoid: bool) -> None:
+        super().__init__()
+        self.z_in = nn.Linear(latent_dim, first)
+        self.c_in = nn.Linear(latent_dim, first)
+        self.act = activation()
+        dims = [2 * first, *widths]
+        hidden: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            hidden += [nn.Linear(a, b), activation()]
+        self.hidden = nn.Sequential(*hidden)
+        self.out = nn.Linear(dims[-1], int(torch.tensor(out_shape).prod()))
+        self.out_shape = out_shape
+        self.sigmoid = sigmoid
+
+    def forward(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.act(self.z_in(z)), self.act(self.c_in(c))], dim=1)
+        x = self.out(self.hidden(h)).view(-1, *self.out_shape)
+        return torch.sigmoid(x) if self.sigmoid else x
+
+
+class ConcatDecoder(nn.Module):
+    """concat(z, c) through an MLP, sigmoid output (the LineMod decoder)."""
+
+    def __init__(self, latent_dim: int, widths: list[int], out_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        dims = [2 * latent_dim, *widths]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], int(torch.tensor(out_shape).prod())))
+        self.mlp = nn.Sequential(*layers)
+        self.out_shape = out_shape
+
+    def forward(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp(torch.cat([z, c], dim=1))).view(-1, *self.out_shape)
+
+
+def build_networks(input_shape: tuple[int, ...], latent_dim: int) -> tuple[nn.Module, nn.Module]:
+    """(encoder, decoder) for one of SUPPORTED_SHAPES."""
+    shape = tuple(input_shape)
+    if shape == GREY_28:
+        encoder = ImageEncoder([1, 16, 32, 64], 64 * 2 * 2, latent_dim)
+        decoder = SplitInputDecoder(latent_dim, 256, [512, 512, 512], shape, nn.ReLU, sigmoid=True)
+    elif shape == COLOUR_64:
+        encoder = ImageEncoder([3, 16, 32, 64, 128], 128 * 3 * 3, latent_dim)
+        decoder = ConcatDecoder(latent_dim, [512, 512, 1024, 1024], shape)
+    elif shape == VOLUME_32:
+        encoder = VolumeEncoder(latent_dim)
+        decoder = SplitInputDecoder(latent_dim, 512, [1024, 1024, 1024, 5000], shape, nn.LeakyReLU,
+                                    sigmoid=False)
+    else:
+        raise ValueError(f"no DualContrast architecture for inputs of shape {shape}")
+    return encoder, decoder
+
+
+def unsupported_reason(input_shape: tuple[int, ...]) -> str | None:
+    if tuple(input_shape) in SUPPORTED_SHAPES:
+        return None
+    shapes = ", ".join("x".join(map(str, s)) for s in SUPPORTED_SHAPES)
+    return (f"has the paper's architectures for inputs {shapes} only, not "
+            f"{'x'.join(map(str, input_shape))}")
