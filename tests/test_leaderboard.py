@@ -1,0 +1,56 @@
+"""Leaderboard rows, rendering, and concurrent appends."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+from dcbench import leaderboard
+
+
+def _row(method: str, seed: int, dcc: float, dcz: float, preset: str = "quick") -> dict:
+    return {"method": method, "dataset": "toy", "preset": preset, "seed": seed,
+            "metrics": {"D(c|c)": dcc, "D(c|z)": dcz}, "directions": {"D(c|c)": "max", "D(c|z)": "min"},
+            "budget": {"epochs": 5, "train_size": 100, "batch_size": 10, "lr": 0.001}, "train_seconds": 1.0}
+
+
+def test_rendering_groups_by_method_and_preset_with_mean_std_and_reported_rows() -> None:
+    rows = [_row("a", 0, 0.8, 0.3), _row("a", 1, 0.9, 0.1), _row("a", 0, 0.5, 0.5, preset="paper"),
+            _row("b", 0, 0.7, 0.2)]
+    text = leaderboard.render_markdown("toy", rows, {"a": {"D(c|c)": 0.89, "D(c|z)": 0.31}}, "Some paper")
+    assert "D(c|c) ↑" in text and "D(c|z) ↓" in text
+    main_table = text.split("## Budgets")[0]
+    table = [line for line in main_table.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
+    assert len(table) == 4
+    quick = next(line for line in table if "| quick" in line and line.startswith("| a "))
+    assert "0.850 ± 0.071" in quick and "0.200 ± 0.141" in quick and "| 2 " in quick and "0,1" in quick
+    reported = next(line for line in table if "reported" in line)
+    assert "0.89" in reported and "0.31" in reported
+    assert "Some paper" in text
+
+
+def _append_many(args: tuple[str, int, int]) -> None:
+    directory, worker, count = args
+    for i in range(count):
+        leaderboard.append_row(Path(directory), "toy", _row(f"m{worker}", i, 0.5, 0.5))
+
+
+def test_concurrent_appends_lose_no_row(tmp_path: Path) -> None:
+    workers, per_worker = 8, 25
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.map(_append_many, [(str(tmp_path), w, per_worker) for w in range(workers)])
+    lines = (tmp_path / "toy.jsonl").read_text().splitlines()
+    assert len(lines) == workers * per_worker
+    rows = [json.loads(line) for line in lines]  # every line is whole JSON
+    assert {(r["method"], r["seed"]) for r in rows} == {(f"m{w}", i) for w in range(workers)
+                                                         for i in range(per_worker)}
+    text = (tmp_path / "toy.md").read_text()
+    assert all(f"| m{w} " in text for w in range(workers))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_a_corrupt_line_is_skipped_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "toy.jsonl").write_text('{"truncated": \n')
+    leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
+    assert len(leaderboard.read_rows(tmp_path, "toy")) == 1
