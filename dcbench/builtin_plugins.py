@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import dcbench_plugins
-
 from dcbench.errors import PluginError
 from dcbench.hookspecs import Register, hookimpl
 

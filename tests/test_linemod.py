@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dcbench_plugins.datasets import linemod
-from dcbench_plugins.datasets.linemod import LineMod, crop_object
 from fixtures_data import lm_image, write_lm_train, write_png, zip_folder
 from PIL import Image
 
 from dcbench.errors import DataError
+from dcbench_plugins.datasets import linemod
+from dcbench_plugins.datasets.linemod import LineMod, crop_object
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ import pickle
 
 import numpy as np
 import pytest
-from dcbench_plugins.datasets import mnist
-from dcbench_plugins.datasets.mnist import MNIST, import_mnist
 from fixtures_data import (
     IDX_FILES,
     eval_pickle_bytes,
@@ -24,6 +22,8 @@ from fixtures_data import (
 )
 
 from dcbench.errors import DataError
+from dcbench_plugins.datasets import mnist
+from dcbench_plugins.datasets.mnist import MNIST, import_mnist
 
 
 @pytest.fixture

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from dcbench_plugins.dualcontrast import losses, networks, transforms
 from torch import nn
 
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
 from dcbench.torchkit import LossMeter, TorchMethod, autocast, autocast_dtype, minibatches
+from dcbench_plugins.dualcontrast import losses, networks, transforms
 
 PAIRS = ("both", "positive", "negative")
 
