@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import ctypes
 import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,42 @@ def autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractConte
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def make_adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has one for the parameters' device: one
+    kernel for all parameters instead of a Python loop of small ops on CPU (where torch does
+    not default to foreach). The same update rule."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused Adam for this device or torch
+        return torch.optim.Adam(params, lr=lr)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_freed_memory_retained = False
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the kernel.
+
+    A CPU training step allocates and frees the same tens of MB of activations every step; by
+    default glibc unmaps or trims them and the next step page-faults them in again (about 2000
+    faults per DualContrast step on MNIST, see docs/performance.md). This keeps blocks under
+    32 MiB on the heap and never trims it, so the process holds its peak memory. Process-wide
+    and permanent; a no-op without glibc. Returns whether it applied."""
+    global _freed_memory_retained
+    if _freed_memory_retained or not sys.platform.startswith("linux"):
+        return _freed_memory_retained
+    try:
+        libc = ctypes.CDLL(None)
+        # Set both: fixing either one turns off glibc's dynamic thresholds.
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        ok = False
+    _freed_memory_retained = ok
+    return ok
 
 
 def minibatches(n: int, batch_size: int, gen: torch.Generator, shuffle: bool = True) -> Iterator[torch.Tensor]:
