@@ -16,7 +16,8 @@ from dcbench.errors import PluginError
 from dcbench.hookspecs import Register, hookimpl
 
 PLUGIN_NAME = "dcbench"
-REGISTRY_FILE = Path(dcbench_plugins.__file__).resolve().parent.parent / "registry.toml"
+# plugins/registry.toml links to the top-level registry.toml (and is a copy inside a wheel).
+REGISTRY_FILE = Path(dcbench_plugins.__file__).resolve().parent / "registry.toml"
 
 
 @cache
