@@ -77,6 +77,11 @@ def _render_locked(directory: Path, dataset: str, reported: dict[str, dict[str, 
     return target
 
 
+def _cell(text: str) -> str:
+    """Escape '|' (as in D(c|c)) so it does not split a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -106,7 +111,7 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
     for row in sorted(rows, key=lambda r: (r["method"], r["preset"])):
         groups.setdefault((row["method"], row["preset"]), []).append(row)
     methods = sorted({m for m, _ in groups} | set(reported))
-    header = ["method", "preset"] + [f"{c} {ARROWS.get(directions.get(c, ''), '')}".strip() for c in columns]
+    header = ["method", "preset"] + [f"{_cell(c)} {ARROWS.get(directions.get(c, ''), '')}".strip() for c in columns]
     header += ["n", "seeds"]
     table = []
     for method in methods:

@@ -35,7 +35,7 @@ def test_run_on_digits_writes_the_record_the_row_and_the_markdown(tmp_path: Path
     assert row["preset"] == "quick data.train_size=300 epochs=1"
     assert row["metrics"] == metrics and row["budget"]["train_size"] == 300
     markdown = (tmp_path / "leaderboards" / "digits.md").read_text()
-    assert "| dualcontrast" in markdown and "D(c|c) ↑" in markdown
+    assert "| dualcontrast" in markdown and r"D(c\|c) ↑" in markdown
     assert markdown in result.stdout  # the run prints its leaderboard
 
     shown = run_dcbench(["leaderboard", "digits"], tmp_path)

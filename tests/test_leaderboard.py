@@ -19,7 +19,7 @@ def test_rendering_groups_by_method_and_preset_with_mean_std_and_reported_rows()
     rows = [_row("a", 0, 0.8, 0.3), _row("a", 1, 0.9, 0.1), _row("a", 0, 0.5, 0.5, preset="paper"),
             _row("b", 0, 0.7, 0.2)]
     text = leaderboard.render_markdown("toy", rows, {"a": {"D(c|c)": 0.89, "D(c|z)": 0.31}}, "Some paper")
-    assert "D(c|c) ↑" in text and "D(c|z) ↓" in text
+    assert r"D(c\|c) ↑" in text and r"D(c\|z) ↓" in text
     main_table = text.split("## Budgets")[0]
     table = [line for line in main_table.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
     assert len(table) == 4
