@@ -73,8 +73,6 @@ def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, 
     _report_problems(registry)
     try:
         result = execute(spec, registry)
-    except DcbenchError:
-        raise
     except KeyboardInterrupt:
         raise DcbenchError("interrupted; the run folder records how far it got") from None
     click.echo(f"run folder: {result.run_dir}")

@@ -60,8 +60,8 @@ def transfer_grid(method: Method, test: Split, target: Path) -> Path:
     n = len(idx)
     content = np.tile(codes.content, (n, 1))  # column j's content, repeated for each row
     transformation = np.repeat(codes.transformation, n, axis=0)  # row i's transformation
-    generated = displayable(method.decode(content, transformation)).reshape(n, n, *displayable(inputs[:1]).shape[1:])
     shown = displayable(inputs)
+    generated = displayable(method.decode(content, transformation)).reshape(n, n, *shown.shape[1:])
     cells: list[list[np.ndarray | None]] = [[None, *shown]]
     for i in range(n):
         cells.append([shown[i], *generated[i]])

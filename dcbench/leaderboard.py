@@ -107,9 +107,7 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
     for row in rows:
         directions.update(row.get("directions", {}))
     columns = list(directions)
-    groups: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
-    for row in sorted(rows, key=lambda r: (r["method"], r["preset"])):
-        groups.setdefault((row["method"], row["preset"]), []).append(row)
+    groups = _group(rows)
     methods = sorted({m for m, _ in groups} | set(reported))
     header = ["method", "preset"] + [f"{_cell(c)} {ARROWS.get(directions.get(c, ''), '')}".strip() for c in columns]
     header += ["n", "seeds"]
@@ -136,7 +134,7 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
         tabulate(table, headers=header, tablefmt="github", disable_numparse=True) if table else "(no runs yet)",
         "",
     ]
-    budgets = _budgets(rows)
+    budgets = _budgets(groups)
     if budgets:
         lines += ["## Budgets", "", tabulate(budgets, headers=["method", "preset", "epochs", "train images",
                                                                "batch", "lr", "median train time (s)"],
@@ -144,12 +142,17 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
     return "\n".join(lines)
 
 
-def _budgets(rows: list[dict[str, Any]]) -> list[list[Any]]:
-    seen: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
+def _group(rows: list[dict[str, Any]]) -> OrderedDict[tuple[str, str], list[dict[str, Any]]]:
+    """Rows by (method, preset), in sorted order: one leaderboard line each."""
+    groups: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
     for row in sorted(rows, key=lambda r: (r["method"], r["preset"])):
-        seen.setdefault((row["method"], row["preset"]), []).append(row)
+        groups.setdefault((row["method"], row["preset"]), []).append(row)
+    return groups
+
+
+def _budgets(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]]) -> list[list[Any]]:
     out = []
-    for (method, preset), members in seen.items():
+    for (method, preset), members in groups.items():
         budget = members[-1].get("budget", {})
         times = sorted(m.get("train_seconds", float("nan")) for m in members)
         median = times[len(times) // 2]

@@ -56,10 +56,6 @@ class Entry:
                 f"({self.target}): {type(exc).__name__}: {exc}"
             ) from exc
 
-    @property
-    def source(self) -> str:
-        return f"{self.plugin} {self.version}"
-
 
 class Registry:
     """All registered items by kind and name, plus the problems met while loading plugins."""
