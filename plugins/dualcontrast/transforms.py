@@ -42,30 +42,13 @@ def rotation_matrices_3d(euler: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def affine_grid(linear: torch.Tensor, shift: torch.Tensor | None, size: torch.Size) -> torch.Tensor:
-    """F.affine_grid(cat([linear, shift]), size, align_corners=False), by broadcasting: the
-    same sampling grid without its bmm of (N, H*W, 3) by (N, 3, 2), slow for so thin a matrix."""
-    n, dims = size[0], list(size[2:])
-    k = len(dims)
-    # Pixel centres in normalised coordinates; grid coordinate j runs along spatial dim k-1-j
-    # (x along W, y along H, z along D), as in affine_grid.
-    axes = []
-    for j in range(k):
-        steps = dims[k - 1 - j]
-        coord = (torch.arange(steps, device=linear.device, dtype=linear.dtype) * 2 + 1) / steps - 1
-        axes.append(coord.view([1] + [steps if d == k - 1 - j else 1 for d in range(k)]))
-    per_sample = [n] + [1] * k
-    rows = []
-    for i in range(k):
-        row = sum(linear[:, i, j].view(per_sample) * axes[j] for j in range(k))
-        rows.append(row + shift[:, i].view(per_sample) if shift is not None else row)
-    return torch.stack(torch.broadcast_tensors(*rows), dim=-1)
-
-
 def warp(x: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
     """Resample x (N,C,H,W) or (N,C,D,H,W) so that output(p) = x(linear @ p + shift), with p
     in normalised [-1, 1] coordinates about the centre; zeros outside."""
-    grid = affine_grid(linear.to(x.dtype), None if shift is None else shift.to(x.dtype), x.shape)
+    n, spatial = x.shape[0], x.dim() - 2
+    shift = torch.zeros(n, spatial, device=x.device, dtype=x.dtype) if shift is None else shift.to(x.dtype)
+    theta = torch.cat([linear.to(x.dtype), shift.unsqueeze(-1)], dim=-1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
