@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dcbench import atomic
 from dcbench.api import DataBundle, Dataset, Split
+from dcbench.array_cache import load_arrays, save_arrays
 from dcbench.errors import DataError
 from dcbench.paths import dataset_cache
 
@@ -267,20 +267,6 @@ def _cache_path(fingerprint: dict[str, Any], n_train: int) -> Path:
 _KEYS = ("x_train", "y_train", "x_test", "y_test", "class_names")
 
 
-def _load_cache(path: Path) -> dict[str, np.ndarray] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in _KEYS}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None  # unreadable cache: rebuild it
-
-
-def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    atomic.write_with(path, lambda handle: np.savez(handle, **arrays))
-
-
 # ------------------------------------------------------------------------------------ dataset
 
 
@@ -335,11 +321,11 @@ class LineMod(Dataset):
             if not items:
                 raise DataError(f"{source.describe()} holds no train/<obj>/rgb/<n>.png images; {GET_HINT}")
             cache = _cache_path(source.fingerprint(items), n_train)
-            arrays = _load_cache(cache)
+            arrays = load_arrays(cache, _KEYS)
             from_cache = arrays is not None
             if arrays is None:
                 arrays = preprocess(source, items, n_train)
-                _save_cache(cache, arrays)
+                save_arrays(cache, arrays)
         finally:
             source.close()
         return DataBundle(

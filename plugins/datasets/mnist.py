@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 
 from dcbench import atomic
 from dcbench.api import DataBundle, Dataset, Split
+from dcbench.array_cache import load_arrays, save_arrays
 from dcbench.errors import DataError
 from dcbench.paths import dataset_cache
 from dcbench.safe_pickle import load_numpy_pickle
@@ -331,13 +331,9 @@ def _npz_path(cache: Path, checksums: Checksums) -> Path:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None if absent or unreadable (then they are rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {stem: npz[stem] for stem in FILES}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+    """The cached arrays, or None if absent, unreadable or inconsistent (then they are rebuilt)."""
+    arrays = load_arrays(path, FILES)
+    if arrays is None:
         return None
     consistent = (
         len(arrays[TRAIN_IMAGES]) == len(arrays[TRAIN_LABELS])
@@ -346,12 +342,6 @@ def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
         and arrays[TEST_IMAGES].shape[1:] == (SIDE, SIDE)
     )
     return arrays if consistent else None
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # uncompressed: loading must stay well under a second
-    atomic.write_bytes(path, buffer.getvalue())
 
 
 # -------------------------------------------------------------------------------------- dataset
@@ -438,5 +428,5 @@ class MNIST(Dataset):
         if cached is not None:
             return cached, True
         arrays = decode_idx_files(files, checksums)
-        _save_npz(npz, arrays)
+        save_arrays(npz, arrays)
         return arrays, False
