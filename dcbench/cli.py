@@ -106,6 +106,43 @@ def leaderboard_command(dataset: str | None, leaderboard_dir: Path) -> None:
     click.echo(path.read_text(encoding="utf-8"))
 
 
+@cli.command("reproduce")
+@click.argument("dataset")
+@click.option("--preset", "presets", multiple=True, metavar="LABEL",
+              help="Only rows with this preset label (as shown on the leaderboard); repeatable.")
+@click.option("--method", "methods", multiple=True, help="Only rows of this method; repeatable.")
+@click.option("--leaderboard-dir", type=click.Path(path_type=Path), default=Path("leaderboards"),
+              show_default=True, help="Where the leaderboard to reproduce is.")
+@click.option("--into", type=click.Path(path_type=Path), default=Path("leaderboards-reproduced"),
+              show_default=True, help="Leaderboard folder for the new rows (kept apart from the original).")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Where the dataset's files are.")
+@click.option("--dry-run", is_flag=True, help="Print the runs it would do and stop.")
+def reproduce_command(dataset: str, presets: tuple[str, ...], methods: tuple[str, ...], leaderboard_dir: Path,
+                      into: Path, runs_dir: Path, device: str, data_root: Path | None, dry_run: bool) -> None:
+    """Rerun every row of DATASET's leaderboard with its recorded settings (method, seed, preset,
+    epochs, --set overrides, metrics) and write the new rows to a separate leaderboard."""
+    from dcbench import reproduce
+
+    cells = reproduce.load_cells(leaderboard_dir, dataset, list(presets), list(methods))
+    click.echo(f"{len(cells)} runs to reproduce from {leaderboard_dir / (dataset + '.jsonl')}", err=True)
+    if dry_run:
+        click.echo("\n".join(reproduce.command_line(cell) for cell in cells))
+        return
+    from dcbench.registry import get_registry
+    from dcbench.runner import execute
+
+    registry = get_registry()
+    _report_problems(registry)
+    board = None
+    for number, cell in enumerate(cells, 1):
+        click.echo(f"[{number}/{len(cells)}] {reproduce.command_line(cell)}", err=True)
+        board = execute(reproduce.run_spec(cell, runs_dir, into, device, data_root), registry).leaderboard
+    if board is not None:
+        click.echo(board.read_text(encoding="utf-8"))
+
+
 @cli.group("data")
 def data_group() -> None:
     """Prepare datasets that cannot be downloaded at run time."""

@@ -49,6 +49,32 @@ def append_row(directory: Path, dataset: str, row: dict[str, Any],
         return _render_locked(directory, dataset, reported or {}, reported_source)
 
 
+FIGURE_FILES = {"transfer grid": "transfer_grid.png", "embedding": "content_embedding.png"}
+GALLERY_SEED = 0  # the seed whose figures the leaderboard shows
+GALLERY_COLUMNS = 3
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._" else "-" for ch in text).strip("-")
+
+
+def publish_figures(directory: Path, row: dict[str, Any], figures_dir: Path) -> None:
+    """Copy a seed-0 run's figures into `directory`/figures and note their paths in the row
+    (relative to the leaderboard), so the Markdown can show every method side by side."""
+    if row.get("seed") != GALLERY_SEED:
+        return
+    published = {}
+    for kind, filename in FIGURE_FILES.items():
+        source = Path(figures_dir) / filename
+        if not source.exists():
+            continue
+        name = f"{row['dataset']}-{row['method']}-{_slug(row['preset'])}-seed{row['seed']}-{_slug(kind)}.png"
+        atomic.write_bytes(Path(directory) / "figures" / name, source.read_bytes())
+        published[kind] = f"figures/{name}"
+    if published:
+        row["figures"] = published
+
+
 def render(directory: Path, dataset: str, reported: dict[str, dict[str, float]] | None = None,
            reported_source: str = "") -> Path:
     with _lock(directory, dataset):
@@ -110,7 +136,7 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
     groups = _group(rows)
     methods = sorted({m for m, _ in groups} | set(reported))
     header = ["method", "preset"] + [f"{_cell(c)} {ARROWS.get(directions.get(c, ''), '')}".strip() for c in columns]
-    header += ["n", "seeds"]
+    header += ["n", "seeds", "figures (seed 0)"]
     table = []
     for method in methods:
         for (name, preset), members in groups.items():
@@ -118,10 +144,10 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
                 continue
             cells = [_format([m["metrics"].get(c) for m in members if c in m["metrics"]]) for c in columns]
             seeds = ",".join(str(s) for s in sorted({m["seed"] for m in members}))
-            table.append([method, preset, *cells, len(members), seeds])
+            table.append([method, preset, *cells, len(members), seeds, _figure_links(members)])
         if method in reported:
             cells = [f"{reported[method][c]:.2f}" if c in reported[method] else "" for c in columns]
-            table.append([method, "reported", *cells, "", ""])
+            table.append([method, "reported", *cells, "", "", ""])
     lines = [
         f"# Leaderboard: {dataset}",
         "",
@@ -134,11 +160,48 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
         tabulate(table, headers=header, tablefmt="github", disable_numparse=True) if table else "(no runs yet)",
         "",
     ]
+    gallery = _gallery(groups)
+    if gallery:
+        lines += ["## Transfer grids", "",
+                  "Seed 0 of each row. Cell (row i, column j) decodes the content code of the top image j "
+                  "with the transformation code of the left image i: content should stay constant down a "
+                  "column and the transformation along a row.", "", gallery, ""]
     budgets = _budgets(groups)
     if budgets:
         lines += ["## Budgets", "", tabulate(budgets, headers=["method", "preset", "epochs", "train images",
                                                                "batch", "lr", "median train time (s)"],
                                                tablefmt="github", disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def _latest_figures(members: list[dict[str, Any]]) -> dict[str, str]:
+    with_figures = [m for m in members if m.get("figures")]
+    return with_figures[-1]["figures"] if with_figures else {}
+
+
+def _figure_links(members: list[dict[str, Any]]) -> str:
+    figures = _latest_figures(members)
+    links = [f"[{kind}]({figures[kind]})" for kind in FIGURE_FILES if kind in figures]
+    if members[-1].get("generative") is False:
+        links.insert(0, "no decoder")
+    return " · ".join(links)
+
+
+def _gallery(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]]) -> str:
+    """A Markdown table of the transfer grids, GALLERY_COLUMNS per line."""
+    cells = []
+    for (method, preset), members in groups.items():
+        path = _latest_figures(members).get("transfer grid")
+        if path:
+            cells.append(f"**{method}** ({_cell(preset)})<br>![{method} transfer grid]({path})")
+        elif members[-1].get("generative") is False:
+            cells.append(f"**{method}** ({_cell(preset)})<br>no decoder: no transfer grid")
+    if not cells:
+        return ""
+    cells += [""] * (-len(cells) % GALLERY_COLUMNS)
+    rows = [cells[i:i + GALLERY_COLUMNS] for i in range(0, len(cells), GALLERY_COLUMNS)]
+    lines = ["| " + " | ".join([" "] * GALLERY_COLUMNS) + " |", "|" + "---|" * GALLERY_COLUMNS]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 

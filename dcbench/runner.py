@@ -125,7 +125,12 @@ def execute(spec: RunSpec, registry: Registry | None = None) -> RunResult:
                "metrics": metrics, "directions": {c: d for m in p.metrics for c, d in m.columns.items()},
                "budget": budget, "train_seconds": train_seconds, "run": str(record.path),
                "finished_at": utc_now(), "dcbench": record.provenance["environment"]["dcbench"],
-               "git_commit": record.provenance["environment"]["dcbench_git_commit"]}
+               "git_commit": record.provenance["environment"]["dcbench_git_commit"],
+               "generative": p.method_cls.generative,
+               # What `dcbench reproduce` needs to rerun this row exactly.
+               "spec": {"preset": spec.preset, "epochs": spec.epochs, "overrides": spec.overrides,
+                        "metrics": [m.name for m in p.metrics]}}
+        leaderboard.publish_figures(spec.leaderboard_dir, row, record.path / "figures")
         board = leaderboard.append_row(spec.leaderboard_dir, spec.dataset, row, p.dataset_cls.reported,
                                        p.dataset_cls.reported_source)
     return RunResult(record.path, metrics, board)
@@ -165,10 +170,15 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
             metrics.update({k: float(v) for k, v in metric.compute(inputs).items()})
         atomic.write_json(record.path / "metrics.json", metrics)
     with record.phase("figures"):
+        from dcbench.embedding import embedding_figure
+
         if method.generative:
             from dcbench.figures import transfer_grid
 
             transfer_grid(method, data.test, record.path / "figures" / "transfer_grid.png")
+        embedding_figure(test_codes.content, data.test.content, record.path / "figures" / "content_embedding.png",
+                         f"{spec.method} on {spec.dataset}: test content codes by class", spec.seed,
+                         data.class_names)
     budget = {"epochs": p.config["epochs"], "train_size": len(data.train),
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
     record.finish(metrics=metrics)

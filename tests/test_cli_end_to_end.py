@@ -16,7 +16,7 @@ def test_run_on_digits_writes_the_record_the_row_and_the_markdown(tmp_path: Path
 
     (run_dir,) = (tmp_path / "runs" / "digits" / "dualcontrast").iterdir()
     for name in ("config.json", "provenance.json", "checkpoint.pt", "codes.npz", "metrics.json",
-                 "figures/transfer_grid.png"):
+                 "figures/transfer_grid.png", "figures/content_embedding.png"):
         assert (run_dir / name).is_file(), name
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["status"] == "finished" and provenance["seeds"]["seed"] == 7
@@ -27,13 +27,17 @@ def test_run_on_digits_writes_the_record_the_row_and_the_markdown(tmp_path: Path
     config = json.loads((run_dir / "config.json").read_text())
     assert config["method_config"]["epochs"] == 1 and config["preset"] == "quick"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == {"D(c|c)", "D(c|z)"} and all(0 <= v <= 1 for v in metrics.values())
+    assert set(metrics) == {"D(c|c)", "D(c|z)", "S(z)", "SAP(c)", "recon MSE"}  # digits' default metrics
+    assert all(0 <= v <= 1 for v in metrics.values())
 
     (line,) = (tmp_path / "leaderboards" / "digits.jsonl").read_text().splitlines()
     row = json.loads(line)
     assert row["method"] == "dualcontrast" and row["seed"] == 7
     assert row["preset"] == "quick data.train_size=300 epochs=1"
     assert row["metrics"] == metrics and row["budget"]["train_size"] == 300
+    assert row["spec"] == {"preset": "quick", "epochs": 1, "overrides": {"data.train_size": "300"},
+                           "metrics": ["dscore", "sz", "sap", "recon"]}
+    assert "figures" not in row  # only seed 0 runs are shown in the leaderboard's gallery
     markdown = (tmp_path / "leaderboards" / "digits.md").read_text()
     assert "| dualcontrast" in markdown and r"D(c\|c) ↑" in markdown
     assert markdown in result.stdout  # the run prints its leaderboard

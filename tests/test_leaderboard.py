@@ -54,3 +54,22 @@ def test_a_corrupt_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "toy.jsonl").write_text('{"truncated": \n')
     leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
     assert len(leaderboard.read_rows(tmp_path, "toy")) == 1
+
+
+def test_seed_zero_figures_are_published_and_shown_side_by_side(tmp_path: Path) -> None:
+    figures = tmp_path / "run" / "figures"
+    figures.mkdir(parents=True)
+    (figures / "transfer_grid.png").write_bytes(b"grid")
+    (figures / "content_embedding.png").write_bytes(b"embedding")
+    board = tmp_path / "boards"
+    for method, generative, seed in (("gen", True, 0), ("gen", True, 1), ("disc", False, 0)):
+        row = {"method": method, "dataset": "toy", "preset": "quick epochs=2", "seed": seed, "generative": generative,
+               "metrics": {"D(c|c)": 0.5}, "directions": {"D(c|c)": "max"}}
+        leaderboard.publish_figures(board, row, figures if generative else tmp_path / "nothing")
+        assert ("figures" in row) == (seed == 0 and generative)
+        leaderboard.append_row(board, "toy", row)
+    published = board / "figures" / "toy-gen-quick-epochs-2-seed0-transfer-grid.png"
+    assert published.read_bytes() == b"grid"
+    markdown = (board / "toy.md").read_text()
+    assert "![gen transfer grid](figures/toy-gen-quick-epochs-2-seed0-transfer-grid.png)" in markdown
+    assert "no decoder: no transfer grid" in markdown and "| no decoder" in markdown

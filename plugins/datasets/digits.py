@@ -28,7 +28,7 @@ def _to_mnist_frame(images_8x8: np.ndarray) -> np.ndarray:
 class Digits(Dataset):
     name = "digits"
     shape = (1, 28, 28)
-    default_metrics = ("dscore",)
+    default_metrics = ("dscore", "sz", "sap", "recon")
 
     def load(self, seed: int) -> DataBundle:
         from sklearn.datasets import load_digits

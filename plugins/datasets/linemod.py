@@ -284,7 +284,7 @@ class LineMod(Dataset):
 
     name = "linemod"
     shape = (3, 64, 64)
-    default_metrics = ("dscore",)
+    default_metrics = ("dscore", "sz", "sap", "recon")
     reported: dict[str, dict[str, float]] = {}
     reported_source = ""
 

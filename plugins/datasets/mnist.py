@@ -361,7 +361,7 @@ class MNIST(Dataset):
 
     name = "mnist"
     shape = (1, 28, 28)
-    default_metrics = ("dscore",)
+    default_metrics = ("dscore", "sz", "sap", "recon")
     reported = {
         "spatialvae": {"D(c|c)": 0.81, "D(c|z)": 0.28, "S(z)": 0.98, "SAP(c)": 0.53},
         "harmony": {"D(c|c)": 0.82, "D(c|z)": 0.31, "S(z)": 1.00, "SAP(c)": 0.51},

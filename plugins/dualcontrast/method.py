@@ -174,8 +174,15 @@ class DualContrast(TorchMethod):
             if use_pos:
                 con_z = con_z + self._latent_positive_pair(c_x.detach(), draws)
         terms["con_c"], terms["con_z"] = w * con_c, w * con_z
-        terms["total"] = terms["recon"] + terms["kl"] + terms["con_c"] + terms["con_z"]
+        terms.update(self.extra_terms(c_x, c_xt, z_x, z_xt))
+        terms["total"] = sum(terms.values(), zero)
         return terms
+
+    def extra_terms(self, c_x: torch.Tensor, c_xt: torch.Tensor, z_x: torch.Tensor,
+                    z_xt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Further loss terms on the posterior means of x and x' = T(x), added to the total.
+        None here; variants built on this network and VAE term (simclr-gen) add theirs."""
+        return {}
 
     def _latent_positive_pair(self, content: torch.Tensor, draws: StepDraws) -> torch.Tensor:
         """Decode one prior draw eps with two permutations of the batch's content codes; the two
@@ -243,3 +250,11 @@ class DualContrastNoConC(DualContrast):
 class DualContrastNoConZ(DualContrast):
     name = "dualcontrast-no-con-z"
     ablation = {"con_z": False}
+
+
+class TwoLatentVAE(DualContrast):
+    """The paper's "VAE with 2 latent spaces": DualContrast's networks and VAE term on x and
+    x' = T(x), no contrastive terms. Nothing tells c from z apart but their decoder inputs."""
+
+    name = "vae2"
+    ablation = {"con_c": False, "con_z": False}

@@ -1,0 +1,89 @@
+"""Rerun the rows of a leaderboard with the settings they were recorded with.
+
+Each row carries its `spec` (preset, epochs, `--set` overrides, metric names). Rows written
+before specs were recorded are read back from their preset label, which the runner builds
+deterministically from the same settings ("quick data.train_size=20000 epochs=10").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dcbench import leaderboard
+from dcbench.config import PRESETS, RunSpec
+from dcbench.errors import DcbenchError
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    dataset: str
+    seed: int
+    preset: str
+    epochs: int | None
+    overrides: tuple[tuple[str, str], ...]
+    metrics: tuple[str, ...]
+    label: str
+
+
+def spec_from_label(label: str) -> dict[str, Any]:
+    """Invert config.preset_label: 'quick a=1 epochs=10' -> preset, epochs and overrides."""
+    preset, *changes = label.split()
+    if preset not in PRESETS:
+        raise DcbenchError(f"cannot read the settings of leaderboard preset '{label}': unknown preset '{preset}'")
+    overrides: dict[str, str] = {}
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if not sep:
+            raise DcbenchError(f"cannot read the settings of leaderboard preset '{label}' ('{change}')")
+        overrides[key] = value
+    epochs = overrides.pop("epochs", None)
+    return {"preset": preset, "epochs": None if epochs is None else int(epochs), "overrides": overrides,
+            "metrics": []}
+
+
+def cells_from_rows(rows: list[dict[str, Any]], presets: list[str] | None = None,
+                    methods: list[str] | None = None) -> list[Cell]:
+    """The distinct (method, preset label, seed) cells of a leaderboard, optionally filtered."""
+    cells: dict[tuple[str, str, int], Cell] = {}
+    for row in rows:
+        if presets and row["preset"] not in presets or methods and row["method"] not in methods:
+            continue
+        spec = row.get("spec") or spec_from_label(row["preset"])
+        cell = Cell(row["method"], row["dataset"], int(row["seed"]), spec["preset"], spec["epochs"],
+                    tuple(sorted(spec["overrides"].items())), tuple(spec.get("metrics") or ()), row["preset"])
+        cells.setdefault((cell.method, cell.label, cell.seed), cell)
+    return [cells[key] for key in sorted(cells)]
+
+
+def load_cells(leaderboard_dir: Path, dataset: str, presets: list[str] | None = None,
+               methods: list[str] | None = None) -> list[Cell]:
+    rows = leaderboard.read_rows(leaderboard_dir, dataset)
+    if not rows:
+        raise DcbenchError(f"no leaderboard rows for '{dataset}' in {leaderboard_dir}; "
+                           "see `dcbench leaderboard` for the ones there are")
+    cells = cells_from_rows(rows, presets, methods)
+    if not cells:
+        available = sorted({r["preset"] for r in rows})
+        raise DcbenchError(f"no rows of '{dataset}' match the filters; its presets are: " + "; ".join(available))
+    return cells
+
+
+def run_spec(cell: Cell, runs_dir: Path, leaderboard_dir: Path | None, device: str,
+             data_root: Path | None) -> RunSpec:
+    return RunSpec(method=cell.method, dataset=cell.dataset, metrics=list(cell.metrics), seed=cell.seed,
+                   preset=cell.preset, epochs=cell.epochs, device=device, overrides=dict(cell.overrides),
+                   data_root=data_root, runs_dir=runs_dir, leaderboard_dir=leaderboard_dir)
+
+
+def command_line(cell: Cell) -> str:
+    """The equivalent `dcbench run` command, for --dry-run and the docs."""
+    parts = ["dcbench run", f"--method {cell.method}", f"--dataset {cell.dataset}", f"--seed {cell.seed}",
+             f"--preset {cell.preset}"]
+    if cell.epochs is not None:
+        parts.append(f"--epochs {cell.epochs}")
+    parts += [f"--set {k}={v}" for k, v in cell.overrides]
+    parts += [f"--metric {m}" for m in cell.metrics]
+    return " ".join(parts)

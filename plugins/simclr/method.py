@@ -1,0 +1,126 @@
+"""SimCLR baselines for content-transformation disentanglement, after von Kuegelgen et al. (2021),
+"Self-supervised learning with data augmentations provably isolates content from style".
+
+Both use DualContrast's networks and its content-preserving transformation T (a random rotation
+by default), so that the comparison isolates the objective:
+
+- `simclr-disc` (discriminative): DualContrast's encoder only, its code split into c and z; the
+  NT-Xent (InfoNCE) loss pulls c(x) and c(T(x)) together against the other 2B - 2 codes of the
+  batch. z gets no loss of its own: it is whatever the shared trunk carries into its head. There
+  is no decoder, so no transfer grid and no reconstruction error.
+- `simclr-gen` (generative): the two-latent VAE (`vae2`) plus the NT-Xent loss on c.
+
+The two views are x and T(x), the same pairs DualContrast uses (SimCLR's two independently
+augmented views would differ only in also transforming the anchor). Codes are the posterior
+means (the discriminative encoder's outputs) of the untransformed input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dcbench.api import EpochCallback, Split
+from dcbench.errors import DcbenchError
+from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
+from dcbench_plugins.dualcontrast import networks, transforms
+from dcbench_plugins.dualcontrast.method import DualContrast
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over a batch of positive pairs (a_i, b_i): each of the 2B codes must pick its
+    partner out of the other 2B - 1 by cosine similarity / temperature (mean cross-entropy)."""
+    codes = F.normalize(torch.cat([a, b]), dim=1)
+    logits = codes @ codes.T / temperature
+    n = a.shape[0]
+    logits.fill_diagonal_(float("-inf"))  # a code is not its own candidate
+    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(a.device)
+    return F.cross_entropy(logits, partner)
+
+
+class SimCLRGenerative(DualContrast):
+    name = "simclr-gen"
+    ablation = {"con_c": False, "con_z": False}
+
+    @classmethod
+    def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        config = super().default_config(preset, input_shape)
+        config.update(temperature=0.5, nt_xent_weight=1.0)
+        return config
+
+    def extra_terms(self, c_x: torch.Tensor, c_xt: torch.Tensor, z_x: torch.Tensor,
+                    z_xt: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = nt_xent(c_x, c_xt, float(self.config["temperature"]))
+        return {"nt_xent": float(self.config["nt_xent_weight"]) * loss}
+
+
+class EncoderOnly(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], latent_dim: int) -> None:
+        super().__init__()
+        self.encoder, _ = networks.build_networks(input_shape, latent_dim)
+
+
+class SimCLRDiscriminative(TorchMethod):
+    name = "simclr-disc"
+    generative = False
+
+    @classmethod
+    def supports(cls, input_shape: tuple[int, ...]) -> str | None:
+        return networks.unsupported_reason(input_shape)
+
+    @classmethod
+    def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        # The same budget and transformation settings as DualContrast in this preset.
+        base = DualContrast.default_config(preset, input_shape)
+        keep = ("latent_dim", "epochs", "batch_size", "lr", "lr_step_epochs", "lr_gamma", "transform",
+                "max_rotation_degrees", "per_sample_transform", "retain_freed_memory")
+        config = {k: base[k] for k in keep}
+        config["temperature"] = 0.5
+        return config
+
+    def build_model(self) -> nn.Module:
+        reason = transforms.unsupported_reason(self.config["transform"], self.input_shape)
+        if reason:
+            raise DcbenchError(reason)
+        self.transform = transforms.get_transform(self.config["transform"])
+        return EncoderOnly(self.input_shape, int(self.config["latent_dim"]))
+
+    def _transform(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        kwargs = {"max_degrees": cfg["max_rotation_degrees"]} if cfg["transform"] == "rotation" else {}
+        return self.transform(x, self.generator, per_sample=bool(cfg["per_sample_transform"]), **kwargs)
+
+    def training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            x_t = self._transform(x)
+        mu_c = self.model.encoder(torch.cat([x, x_t]))[2]
+        b = x.shape[0]
+        loss = nt_xent(mu_c[:b], mu_c[b:], float(self.config["temperature"]))
+        return {"nt_xent": loss, "total": loss}
+
+    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+        cfg = self.config
+        if self.device == "cpu" and cfg.get("retain_freed_memory", True):
+            retain_freed_memory()
+        data = self.to_tensor(train.x)
+        optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
+                                                    gamma=float(cfg["lr_gamma"]))
+        for epoch in range(int(cfg["epochs"])):
+            self.model.train()
+            meter = LossMeter()
+            for index in minibatches(len(data), int(cfg["batch_size"]), self.generator):
+                terms = self.training_losses(data[index.to(self.device)])
+                optimizer.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                optimizer.step()
+                meter.add(terms)
+            scheduler.step()
+            on_epoch(epoch, meter.means())
+
+    def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu_z, _, mu_c, _ = self.model.encoder(x)
+        return mu_c, mu_z
