@@ -145,3 +145,32 @@ def test_unsupported_method_and_dataset_pair_fails_before_creating_a_run(tmp_pat
     with pytest.raises(DcbenchError, match="cannot run on dataset 'small'"):
         execute(spec, build_registry(extra_plugins=[SmallPlugin()]))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("method, shape", [
+    ("vitae", (1, 32, 32, 32)),  # VITAE has no 3D variant
+    ("vitae-affine", (1, 16, 16, 16)),
+    ("spatialvae", (2, 28, 28)),  # two-channel images: no method has them
+    ("harmony", (2, 28, 28)),
+    ("simclr-disc", (1, 20, 20)),  # DualContrast's networks have fixed input sizes
+    ("simclr-gen", (3, 32, 32)),
+    ("vae2", (1, 20, 20)),
+])
+def test_every_method_refuses_shapes_it_has_no_network_for_before_creating_a_run(
+        tmp_path: Path, method: str, shape: tuple[int, ...]) -> None:
+    class Odd(TinyData):
+        name = "odd"
+
+    Odd.shape = shape
+
+    class OddPlugin:
+        __name__ = "odd-plugin"
+
+        @dcbench.hookimpl
+        def register_datasets(self, register):
+            register("odd", Odd)
+
+    spec = RunSpec(method=method, dataset="odd", runs_dir=tmp_path / "runs")
+    with pytest.raises(DcbenchError, match=f"method '{method}' cannot run on dataset 'odd': it "):
+        execute(spec, build_registry(extra_plugins=[OddPlugin()]))
+    assert not (tmp_path / "runs").exists()

@@ -54,10 +54,14 @@ def test_defaults_are_the_official_checksums_and_paper_numbers():
     assert mnist.OFFICIAL_MD5["train-images-idx3-ubyte"] == {
         "gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873", "raw": "6bbc9ace898e44ae57da46a324031adb"}
     assert mnist.OFFICIAL_MD5["t10k-labels-idx1-ubyte"]["raw"] == "27ae3e4e09519cfbb04c329615203637"
-    assert MNIST.name == "mnist" and MNIST.shape == (1, 28, 28) and MNIST.default_metrics == ("dscore",)
+    assert MNIST.name == "mnist" and MNIST.shape == (1, 28, 28)
+    assert MNIST.default_metrics == ("dscore", "sz", "sap", "recon")
     assert MNIST.reported["dualcontrast"] == {"D(c|c)": 0.89, "D(c|z)": 0.31, "S(z)": 0.75, "SAP(c)": 0.58}
     assert len(MNIST.reported) == 9
     assert all(set(row) == {"D(c|c)", "D(c|z)", "S(z)", "SAP(c)"} for row in MNIST.reported.values())
+    from dcbench.registry import get_registry
+
+    assert set(MNIST.reported) <= set(get_registry().names("method"))  # every reported row has a method
 
 
 @pytest.mark.parametrize("layout", ["", "MNIST/raw", "raw"])

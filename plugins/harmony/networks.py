@@ -36,22 +36,22 @@ def unsupported_reason(input_shape: tuple[int, ...]) -> str | None:
     if len(shape) == 3:
         c, h, w = shape
         if c not in (1, 3):
-            return f"harmony takes grey (1, S, S) or colour (3, S, S) images, not {c} channels"
+            return f"takes grey (1, S, S) or colour (3, S, S) images, not {c} channels"
         if h != w:
-            return f"harmony's rotation warp needs square images, got {h}x{w}"
+            return f"needs square images, got {h}x{w}"
         if h < 8:
-            return f"harmony needs images of at least 8x8 pixels, got {h}x{w}"
+            return f"needs images of at least 8x8 pixels, got {h}x{w}"
         return None
     if len(shape) == 4:
         c, d, h, w = shape
         if c != 1:
-            return f"harmony takes single-channel volumes, not {c} channels"
+            return f"takes single-channel volumes, not {c} channels"
         if not d == h == w:
-            return f"harmony's 3D rotation warp needs cubic volumes, got {d}x{h}x{w}"
+            return f"needs cubic volumes, got {d}x{h}x{w}"
         if d % 8 or d < 8:
-            return f"harmony's 3D conv net needs a volume side divisible by 8 (e.g. 16, 32), got {d}"
+            return f"needs a volume side divisible by 8 for its 3D conv net (e.g. 16, 32), got {d}"
         return None
-    return f"harmony takes (C, S, S) images or (1, S, S, S) volumes, not inputs of shape {shape}"
+    return f"takes (C, S, S) images or (1, S, S, S) volumes, not inputs of shape {shape}"
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
