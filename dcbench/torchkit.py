@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,26 @@ class TorchMethod(Method, abc.ABC):
     @abc.abstractmethod
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(content, transformation) codes of a batch, in eval mode."""
+
+    def optimise_epoch(self, data: torch.Tensor, optimizer: torch.optim.Optimizer,
+                       step_losses: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+                       max_steps: int | None = None) -> dict[str, float]:
+        """One pass over `data` in shuffled minibatches of config['batch_size'] (only the first
+        max_steps if given): step_losses(batch) gives the loss terms, 'total' is minimised with
+        one optimiser step per batch. Returns the epoch's mean of each term."""
+        if self.device == "cpu" and self.config.get("retain_freed_memory", True):
+            retain_freed_memory()
+        self.model.train()
+        meter = LossMeter()
+        for step, index in enumerate(minibatches(len(data), int(self.config["batch_size"]), self.generator)):
+            if max_steps is not None and step >= max_steps:
+                break
+            terms = step_losses(data[index.to(self.device)])
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            meter.add(terms)
+        return meter.means()
 
     def to_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)

@@ -34,13 +34,10 @@ from torch import nn
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
 from dcbench.torchkit import (
-    LossMeter,
     TorchMethod,
     autocast,
     autocast_dtype,
     make_adam,
-    minibatches,
-    retain_freed_memory,
 )
 from dcbench_plugins.dualcontrast import losses, networks, transforms
 
@@ -204,20 +201,7 @@ class DualContrast(TorchMethod):
                     max_steps: int | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches (only the first max_steps batches if
         given): exactly what fit runs each epoch. Returns the mean of each loss term."""
-        if self.device == "cpu" and self.config.get("retain_freed_memory", True):
-            retain_freed_memory()
-        self.model.train()
-        meter = LossMeter()
-        batches = minibatches(len(data), int(self.config["batch_size"]), self.generator)
-        for step, index in enumerate(batches):
-            if max_steps is not None and step >= max_steps:
-                break
-            terms = self.training_losses(data[index.to(self.device)])
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            meter.add(terms)
-        return meter.means()
+        return self.optimise_epoch(data, optimizer, self.training_losses, max_steps)
 
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:
         cfg = self.config

@@ -67,13 +67,10 @@ from torch import nn
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
 from dcbench.torchkit import (
-    LossMeter,
     TorchMethod,
     autocast,
     autocast_dtype,
     make_adam,
-    minibatches,
-    retain_freed_memory,
 )
 from dcbench_plugins.harmony import networks, poses
 
@@ -206,19 +203,7 @@ class Harmony(TorchMethod):
     def train_epoch(self, data: torch.Tensor, optimizer: torch.optim.Optimizer,
                     max_steps: int | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches (the first max_steps only, if given)."""
-        if self.device == "cpu" and self.config.get("retain_freed_memory", True):
-            retain_freed_memory()
-        self.model.train()
-        meter = LossMeter()
-        for step, index in enumerate(minibatches(len(data), int(self.config["batch_size"]), self.generator)):
-            if max_steps is not None and step >= max_steps:
-                break
-            terms = self.training_losses(data[index.to(self.device)])
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            meter.add(terms)
-        return meter.means()
+        return self.optimise_epoch(data, optimizer, self.training_losses, max_steps)
 
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:
         cfg = self.config

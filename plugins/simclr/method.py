@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
-from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
+from dcbench.torchkit import TorchMethod, make_adam
 from dcbench_plugins.dualcontrast import networks, transforms
 from dcbench_plugins.dualcontrast.method import DualContrast
 
@@ -103,23 +103,14 @@ class SimCLRDiscriminative(TorchMethod):
 
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:
         cfg = self.config
-        if self.device == "cpu" and cfg.get("retain_freed_memory", True):
-            retain_freed_memory()
         data = self.to_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
                                                     gamma=float(cfg["lr_gamma"]))
         for epoch in range(int(cfg["epochs"])):
-            self.model.train()
-            meter = LossMeter()
-            for index in minibatches(len(data), int(cfg["batch_size"]), self.generator):
-                terms = self.training_losses(data[index.to(self.device)])
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                optimizer.step()
-                meter.add(terms)
+            means = self.optimise_epoch(data, optimizer, self.training_losses)
             scheduler.step()
-            on_epoch(epoch, meter.means())
+            on_epoch(epoch, means)
 
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu_z, _, mu_c, _ = self.model.encoder(x)

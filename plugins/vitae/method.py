@@ -55,7 +55,7 @@ from torch import nn
 
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
-from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
+from dcbench.torchkit import TorchMethod, make_adam
 from dcbench_plugins.vitae import cpab as cpab_lib
 from dcbench_plugins.vitae import networks, warps
 
@@ -190,20 +190,8 @@ class VITAE(TorchMethod):
     def train_epoch(self, data: torch.Tensor, optimizer: torch.optim.Optimizer, epoch: int,
                     max_steps: int | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches (the first max_steps only if given)."""
-        if self.device == "cpu" and self.config.get("retain_freed_memory", True):
-            retain_freed_memory()
-        self.model.train()
-        meter = LossMeter()
         weight = kl_weight(epoch, int(self.config["warmup_epochs"]))
-        for step, index in enumerate(minibatches(len(data), int(self.config["batch_size"]), self.generator)):
-            if max_steps is not None and step >= max_steps:
-                break
-            terms = self.training_losses(data[index.to(self.device)], weight)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            meter.add(terms)
-        return meter.means()
+        return self.optimise_epoch(data, optimizer, lambda batch: self.training_losses(batch, weight), max_steps)
 
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:
         data = self.to_tensor(train.x)
