@@ -72,7 +72,7 @@ class DualContrast(TorchMethod):
     @classmethod
     def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
         volume = len(input_shape) == 4
-        latent_dim = {1: 10, 3: 16}.get(input_shape[0], 10) if not volume else 50
+        latent_dim = networks.paper_latent_dim(input_shape)
         config: dict[str, Any] = {
             "latent_dim": latent_dim,
             "epochs": 200 if not volume else 150,

@@ -72,6 +72,7 @@ from dcbench.torchkit import (
     autocast_dtype,
     make_adam,
 )
+from dcbench_plugins.dualcontrast.networks import paper_latent_dim
 from dcbench_plugins.harmony import networks, poses
 
 
@@ -122,7 +123,7 @@ class Harmony(TorchMethod):
         volume = len(input_shape) == 4
         config: dict[str, Any] = {
             # DualContrast's content size for the same data, so codes compare at equal size.
-            "latent_dim": 50 if volume else {3: 16}.get(int(input_shape[0]), 10),
+            "latent_dim": paper_latent_dim(input_shape),
             "epochs": 150 if volume else 200,
             "batch_size": 50 if volume else 100,
             "lr": 1e-4,  # the reference's default

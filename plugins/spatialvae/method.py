@@ -57,6 +57,7 @@ from torch import nn
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
 from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
+from dcbench_plugins.dualcontrast.networks import paper_latent_dim
 from dcbench_plugins.spatialvae import networks
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -143,10 +144,9 @@ class SpatialVAE(TorchMethod):
     @classmethod
     def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
         volume = len(input_shape) == 4
-        colour = not volume and input_shape[0] == 3
         config: dict[str, Any] = {
             # DualContrast's d, so that methods are compared at equal latent size.
-            "latent_dim": 50 if volume else (16 if colour else 10),
+            "latent_dim": paper_latent_dim(input_shape),
             "epochs": 150 if volume else 200,
             "batch_size": 50 if volume else 100,
             "lr": 1e-4,

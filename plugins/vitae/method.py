@@ -56,6 +56,7 @@ from torch import nn
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
 from dcbench.torchkit import TorchMethod, make_adam
+from dcbench_plugins.dualcontrast.networks import paper_latent_dim
 from dcbench_plugins.vitae import cpab as cpab_lib
 from dcbench_plugins.vitae import networks, warps
 
@@ -132,7 +133,7 @@ class VITAE(TorchMethod):
     def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
         config: dict[str, Any] = {
             # Appearance (content) code: DualContrast's sizes, 10 grey / 16 colour.
-            "latent_dim": 16 if input_shape[0] == 3 else 10,
+            "latent_dim": paper_latent_dim(input_shape),
             "transform_latent_dim": 2,  # the reference's default latent size
             "epochs": 200,
             "batch_size": 100,
