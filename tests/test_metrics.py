@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,31 @@ def test_embedding_figure_writes_a_png_coloured_by_class(tmp_path) -> None:
     target = embedding_figure(codes, labels, tmp_path / "figures" / "embedding.png", "test",
                               class_names=["a", "b", "c"])
     assert Image.open(target).size[0] > 100
+
+
+def test_ari_is_one_for_codes_that_are_the_labels_and_near_zero_for_noise() -> None:
+    from dcbench_plugins.metrics.ari import ARI
+
+    rng = np.random.default_rng(0)
+    composition = np.repeat(np.arange(3), 40)
+    conformation = np.tile(np.repeat(np.arange(2), 20), 3)
+    x = np.zeros((120, 1, 4, 4, 4), np.float32)
+    data = DataBundle(Split(x, composition, conformation), Split(x, composition, conformation))
+    exact = np.column_stack([np.eye(3)[composition] * 10, np.eye(2)[conformation]])  # composition dominates
+    noise = rng.normal(size=(120, 5))
+
+    def ari(content, transformation, method=None) -> dict[str, float]:
+        codes = Codes(content, transformation)
+        return ARI().compute(MetricInput(codes, codes, data, method, seed=0))
+
+    assert ari(exact, noise) == {"ARI(composition)": 1.0, "ARI(conformation)": 1.0}
+    scores = ari(noise, noise)
+    assert abs(scores["ARI(composition)"]) < 0.1 and abs(scores["ARI(conformation)"]) < 0.2
+
+    class ConformationInZ:
+        conformation_code = "transformation"
+
+    assert ari(noise, exact, ConformationInZ())["ARI(conformation)"] == 1.0
+    no_conformation = DataBundle(Split(x, composition), Split(x, composition))
+    codes = Codes(exact, noise)
+    assert math.isnan(ARI().compute(MetricInput(codes, codes, no_conformation, None, 0))["ARI(conformation)"])

@@ -1,0 +1,54 @@
+"""ARI: do the codes cluster the way the true classes do?
+
+- ARI(composition): k-means on the test content codes with k = the number of true content
+  classes (compositions), scored against them with sklearn's adjusted_rand_score.
+- ARI(conformation): within each true composition, k-means on the codes that hold conformation
+  with k = the number of conformations present in that composition, scored against the true
+  conformations; the mean over compositions (each with at least two conformations). Which code
+  holds conformation is the method's claim: its `conformation_code` attribute ("content" or
+  "transformation"), by default the content code, since a conformation is part of what an
+  object is, not of its pose. NaN when the dataset has no conformation labels.
+
+k-means: scikit-learn's KMeans, 10 initialisations, seeded with the run's seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dcbench.api import Metric, MetricInput
+
+
+def cluster_ari(codes: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    """ARI between `labels` and a k-means clustering of `codes` into as many clusters."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    k = len(np.unique(labels))
+    if k < 2 or len(codes) <= k:
+        return math.nan
+    clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(codes, np.float64))
+    return float(adjusted_rand_score(labels, clusters))
+
+
+class ARI(Metric):
+    name = "ari"
+    columns = {"ARI(composition)": "max", "ARI(conformation)": "max"}
+
+    def compute(self, inputs: MetricInput) -> dict[str, float]:
+        test, codes, seed = inputs.data.test, inputs.test_codes, inputs.seed
+        scores = {"ARI(composition)": cluster_ari(codes.content, test.content, seed), "ARI(conformation)": math.nan}
+        if test.conformation is None:
+            return scores
+        which = getattr(inputs.method, "conformation_code", "content")
+        conformation_codes = codes.transformation if which == "transformation" else codes.content
+        per_composition = []
+        for k in np.unique(test.content):
+            members = test.content == k
+            per_composition.append(cluster_ari(conformation_codes[members], test.conformation[members], seed))
+        per_composition = [s for s in per_composition if not math.isnan(s)]
+        if per_composition:
+            scores["ARI(conformation)"] = float(np.mean(per_composition))
+        return scores
