@@ -68,3 +68,22 @@ def transfer_grid(method: Method, test: Split, target: Path) -> Path:
     image = tile(cells)
     atomic.write_with(target, lambda handle: image.save(handle, format="PNG"))
     return target
+
+
+def volume_montage(volumes: np.ndarray, target: Path, step: int = 1) -> Path:
+    """Slice-by-slice montage (as in the paper's volume figures): one row per volume of
+    `volumes` (V, D, H, W) or (V, 1, D, H, W), one column per `step`-th slice along the first
+    spatial axis; each volume is scaled to its own min-max so rows stay comparable slice to slice."""
+    volumes = np.asarray(volumes, dtype=np.float32)
+    if volumes.ndim == 5:
+        volumes = volumes[:, 0]
+    if volumes.ndim != 4:
+        raise ValueError(f"need (V, D, H, W) volumes, got shape {volumes.shape}")
+    lo = volumes.min(axis=(1, 2, 3), keepdims=True)
+    hi = volumes.max(axis=(1, 2, 3), keepdims=True)
+    scaled = (volumes - lo) / np.maximum(hi - lo, 1e-8)
+    grey = (scaled[:, ::step] * 255).round().astype(np.uint8)
+    cells: list[list[np.ndarray | None]] = [[np.repeat(s[..., None], 3, axis=-1) for s in volume] for volume in grey]
+    image = tile(cells)
+    atomic.write_with(target, lambda handle: image.save(handle, format="PNG"))
+    return target

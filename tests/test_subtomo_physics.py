@@ -57,3 +57,17 @@ def test_noise_meets_the_target_snr() -> None:
     assert measured == pytest.approx(0.1, rel=0.05)
     with pytest.raises(ValueError, match="SNR must be positive"):
         add_noise(volume, snr=0.0, rng=rng)
+
+
+def test_volume_montage_lays_out_one_row_per_volume_and_one_column_per_slice(tmp_path) -> None:
+    from PIL import Image
+
+    from dcbench.figures import volume_montage
+
+    volumes = np.stack([density_map(np.array([[0.0, 0.0, 0.0]]), box=16), np.zeros((16, 16, 16))])
+    target = volume_montage(volumes[:, None], tmp_path / "montage.png", step=2)
+    image = np.asarray(Image.open(target))
+    pad, scale = 2, 2
+    assert image.shape[:2] == ((2 * (16 + pad) + pad) * scale, (8 * (16 + pad) + pad) * scale)
+    with pytest.raises(ValueError, match="need"):
+        volume_montage(np.zeros((2, 16, 16)), tmp_path / "bad.png")
