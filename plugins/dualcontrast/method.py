@@ -108,19 +108,11 @@ class DualContrast(TorchMethod):
         cfg = self.config
         if cfg["pairs"] not in PAIRS:
             raise DcbenchError(f"unknown pairs '{cfg['pairs']}': use {', '.join(PAIRS)}")
-        reason = transforms.unsupported_reason(cfg["transform"], self.input_shape)
-        if reason:
-            raise DcbenchError(reason)
-        self.transform = transforms.get_transform(cfg["transform"])
+        self.transform = transforms.from_config(cfg, self.input_shape)
         self.amp_dtype = autocast_dtype(cfg["precision"], self.device)
         return DualContrastModel(self.input_shape, int(cfg["latent_dim"]))
 
     # ----------------------------------------------------------------------------- training
-    def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        kwargs = {"max_degrees": cfg["max_rotation_degrees"]} if cfg["transform"] == "rotation" else {}
-        return self.transform(x, self.generator, per_sample=bool(cfg["per_sample_transform"]), **kwargs)
-
     def draw(self, b: int) -> StepDraws:
         """The step's random draws for a batch of b: one normal draw split four ways, and the
         three permutations."""
@@ -142,7 +134,7 @@ class DualContrast(TorchMethod):
         draws = self.draw(b) if draws is None else draws
         if x_t is None:
             with torch.no_grad():
-                x_t = self._transform(x)
+                x_t = self.transform(x, self.generator)
         views = torch.cat([x, x_t])
         with autocast(self.device, self.amp_dtype):
             mu_z, logvar_z, mu_c, logvar_c = encoder(views)

@@ -8,10 +8,13 @@ tensor did) and runs as a few batched tensor ops: no Python loop over images.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+from dcbench.errors import DcbenchError
 
 TRANSFORMS = ("rotation", "translation", "scale", "contrast", "saturation", "hue", "blur")
 COLOUR_ONLY = ("saturation", "hue")
@@ -152,3 +155,18 @@ def unsupported_reason(name: str, input_shape: tuple[int, ...]) -> str | None:
 
 def get_transform(name: str) -> Callable[..., torch.Tensor]:
     return _FUNCTIONS[name]
+
+
+def from_config(config: Mapping[str, Any], input_shape: tuple[int, ...]
+                ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """T(x) as a method's settings name it (`transform`, `max_rotation_degrees`,
+    `per_sample_transform`), checked against the input shape: a function of (batch, generator).
+    Shared by DualContrast and the SimCLR baselines, which use the same T(x)."""
+    name = config["transform"]
+    reason = unsupported_reason(name, input_shape)
+    if reason:
+        raise DcbenchError(reason)
+    function = get_transform(name)
+    kwargs = {"max_degrees": config["max_rotation_degrees"]} if name == "rotation" else {}
+    per_sample = bool(config["per_sample_transform"])
+    return lambda x, gen: function(x, gen, per_sample=per_sample, **kwargs)

@@ -24,7 +24,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from dcbench.api import EpochCallback, Split
-from dcbench.errors import DcbenchError
 from dcbench.torchkit import TorchMethod, make_adam
 from dcbench_plugins.dualcontrast import networks, transforms
 from dcbench_plugins.dualcontrast.method import DualContrast
@@ -82,20 +81,12 @@ class SimCLRDiscriminative(TorchMethod):
         return config
 
     def build_model(self) -> nn.Module:
-        reason = transforms.unsupported_reason(self.config["transform"], self.input_shape)
-        if reason:
-            raise DcbenchError(reason)
-        self.transform = transforms.get_transform(self.config["transform"])
+        self.transform = transforms.from_config(self.config, self.input_shape)
         return EncoderOnly(self.input_shape, int(self.config["latent_dim"]))
-
-    def _transform(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        kwargs = {"max_degrees": cfg["max_rotation_degrees"]} if cfg["transform"] == "rotation" else {}
-        return self.transform(x, self.generator, per_sample=bool(cfg["per_sample_transform"]), **kwargs)
 
     def training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            x_t = self._transform(x)
+            x_t = self.transform(x, self.generator)
         mu_c = self.model.encoder(torch.cat([x, x_t]))[2]
         b = x.shape[0]
         loss = nt_xent(mu_c[:b], mu_c[b:], float(self.config["temperature"]))
