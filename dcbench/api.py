@@ -59,6 +59,28 @@ class Split:
 
 
 @dataclass
+class ReferenceMaps:
+    """Noise-free ground-truth volumes of a 3D dataset, one per structure (composition x
+    conformation), for metrics that compare reconstructions with the truth (AUC-FSC).
+
+    maps: float32 (M, D, H, W), indexed [z, y, x] like the particles, in the particles' frame
+    (centred) but without CTF or noise. content / conformation: (M,) labels in the same code
+    space as the splits' labels. voxel: size in Å."""
+
+    maps: np.ndarray
+    content: np.ndarray
+    conformation: np.ndarray | None = None
+    names: list[str] | None = None
+    voxel: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.maps.ndim != 4:
+            raise ValueError(f"reference maps must be (M, D, H, W), got shape {self.maps.shape}")
+        if len(self.content) != len(self.maps):
+            raise ValueError(f"{len(self.content)} content labels for {len(self.maps)} reference maps")
+
+
+@dataclass
 class DataBundle:
     """What a dataset hands the runner: a train and a test split plus facts about them."""
 
@@ -67,6 +89,12 @@ class DataBundle:
     class_names: list[str] | None = None
     # Free-form provenance: files read, checksums verified, preprocessing applied.
     provenance: dict[str, Any] = field(default_factory=dict)
+    # 3D datasets: ground-truth maps (None where unknown), names of the conformation labels,
+    # and the CTF the particles carry ({defocus_um, voltage_kv, cs_mm, amplitude_contrast},
+    # None if none or unknown), so that metrics can phase-flip averages.
+    references: ReferenceMaps | None = None
+    conformation_names: list[str] | None = None
+    ctf: dict[str, float] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -90,10 +118,16 @@ class Dataset(abc.ABC):
     # Numbers published in papers for this dataset: {method: {metric column: value}}.
     reported: ClassVar[dict[str, dict[str, float]]] = {}
     reported_source: ClassVar[str] = ""
+    # Options a user sets with `--set data.<option>=value` (e.g. a file path), with their
+    # defaults; the value's type decides how the text is parsed (None or str: kept as text).
+    option_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, data_root: Path | None = None, **options: Any) -> None:
         self.data_root = data_root
-        self.options = options
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            raise ValueError(f"dataset '{self.name}' has no option(s) {', '.join(unknown)}")
+        self.options: dict[str, Any] = {**self.option_defaults, **options}
 
     @abc.abstractmethod
     def load(self, seed: int) -> DataBundle:

@@ -60,10 +60,13 @@ def coerce(key: str, text: str, default: Any) -> Any:
 
 
 def resolve_method_config(defaults: dict[str, Any], overrides: dict[str, str], epochs: int | None,
-                          method_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Apply overrides to a method's defaults. Returns (method config, data settings)."""
+                          method_name: str, dataset_options: dict[str, Any] | None = None
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Apply overrides to a method's defaults. Returns (method config, data settings): the
+    runner's data.train_size / data.test_size plus the dataset's own options as data.<option>."""
     config = dict(defaults)
     data = dict(DATA_SETTINGS)
+    data.update({f"data.{key}": value for key, value in (dataset_options or {}).items()})
     for key, text in overrides.items():
         short = key.removeprefix("method.")
         if key in data:
@@ -71,13 +74,18 @@ def resolve_method_config(defaults: dict[str, Any], overrides: dict[str, str], e
         elif short in config:
             config[short] = coerce(key, text, config[short])
         else:
-            known = sorted(config) + sorted(DATA_SETTINGS)
+            known = sorted(config) + sorted(data)
             raise DcbenchError(unknown_name_message(f"setting for {method_name}", key, known))
     if epochs is not None:
         if epochs < 1:
             raise DcbenchError(f"--epochs must be at least 1, got {epochs}")
         config["epochs"] = epochs
     return config, data
+
+
+def dataset_options(data_settings: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's own options out of the data settings ({'data.path': p} -> {'path': p})."""
+    return {key.removeprefix("data."): value for key, value in data_settings.items() if key not in DATA_SETTINGS}
 
 
 def preset_label(preset: str, overrides: dict[str, str], epochs: int | None) -> str:

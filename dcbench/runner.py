@@ -11,7 +11,7 @@ import numpy as np
 
 from dcbench import atomic, leaderboard
 from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, Split
-from dcbench.config import PRESETS, RunSpec, preset_label, resolve_method_config
+from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
 from dcbench.errors import DataError, DcbenchError, TrainingDiverged
 from dcbench.records import RunRecord, environment, utc_now
 from dcbench.registry import Registry, get_registry
@@ -47,7 +47,8 @@ def plan(spec: RunSpec, registry: Registry) -> Plan:
     if reason:
         raise DcbenchError(f"method '{spec.method}' cannot run on dataset '{spec.dataset}': it {reason}")
     defaults = method_cls.default_config(spec.preset, tuple(dataset_cls.shape))
-    config, data_settings = resolve_method_config(defaults, spec.overrides, spec.epochs, spec.method)
+    config, data_settings = resolve_method_config(defaults, spec.overrides, spec.epochs, spec.method,
+                                                 dict(dataset_cls.option_defaults))
     return Plan(method_cls, dataset_cls, metrics, config, data_settings,
                 preset_label(spec.preset, spec.overrides, spec.epochs))
 
@@ -138,11 +139,12 @@ def execute(spec: RunSpec, registry: Registry | None = None) -> RunResult:
 
 def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any], float]:
     with record.phase("load_data"):
-        dataset = p.dataset_cls(data_root=spec.data_root)
+        dataset = p.dataset_cls(data_root=spec.data_root, **dataset_options(p.data_settings))
         data = dataset.load(spec.seed)
         data = DataBundle(subsample(data.train, p.data_settings["data.train_size"], spec.seed),
                           subsample(data.test, p.data_settings["data.test_size"], spec.seed),
-                          data.class_names, data.provenance)
+                          data.class_names, data.provenance, data.references, data.conformation_names,
+                          data.ctf)
         check_data(data, p.dataset_cls)
     with record.phase("build"):
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)

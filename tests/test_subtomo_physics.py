@@ -17,8 +17,8 @@ def test_density_of_a_tiny_model_lands_where_its_atoms_are() -> None:
     volume = density_map(coords, box=32, voxel=10.0, resolution=20.0)
     assert volume.shape == (32, 32, 32)
     peaks = np.argwhere(volume > 0.999 * volume.max())
-    assert sorted(p[0] for p in peaks) == [10] * 4 + [21] * 4  # y and z tie between voxels 15 and 16
-    assert {p[1] for p in peaks} == {15, 16} and {p[2] for p in peaks} == {15, 16}
+    assert sorted(p[2] for p in peaks) == [10] * 4 + [21] * 4  # x is the last index; y and z tie at 15/16
+    assert {p[1] for p in peaks} == {15, 16} and {p[0] for p in peaks} == {15, 16}
     # normalised Gaussians: where they are sampled finely enough (sigma >= voxel), the map
     # integrates to the number of atoms
     assert density_map(coords, resolution=60.0).sum() * 10.0**3 == pytest.approx(2.0, rel=1e-3)
@@ -27,7 +27,7 @@ def test_density_of_a_tiny_model_lands_where_its_atoms_are() -> None:
 def test_density_is_centred_on_the_weighted_centre_of_mass() -> None:
     coords = np.array([[0.0, 0.0, 0.0], [90.0, 0.0, 0.0]])
     heavy_first = density_map(coords, weights=np.array([8.0, 1.0]), resolution=15.0)
-    (x, y, z) = np.unravel_index(heavy_first.argmax(), heavy_first.shape)
+    (z, y, x) = np.unravel_index(heavy_first.argmax(), heavy_first.shape)
     assert x < 15.5 < 16 and abs(y - 15.5) < 1 and abs(z - 15.5) < 1  # the heavy atom sits left of centre
 
 

@@ -287,6 +287,7 @@ class LineMod(Dataset):
     default_metrics = ("dscore", "sz", "sap", "recon")
     reported: dict[str, dict[str, float]] = {}
     reported_source = ""
+    option_defaults = {"n_train_per_object": N_TRAIN_PER_OBJECT}
 
     def _n_train(self) -> int:
         value = self.options.get("n_train_per_object", N_TRAIN_PER_OBJECT)

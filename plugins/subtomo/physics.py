@@ -18,7 +18,8 @@ _ATOM_CHUNK = 8192  # atoms per matrix product: bounds memory at chunk x box^2 f
 
 def density_map(coords: np.ndarray, weights: np.ndarray | None = None, box: int = 32, voxel: float = 10.0,
                 resolution: float = 20.0, centre: np.ndarray | None = None) -> np.ndarray:
-    """A (box, box, box) map, axes (x, y, z) in that order, of Gaussian-blurred atoms.
+    """A (box, box, box) map of Gaussian-blurred atoms, indexed [z, y, x] (mrcfile's order, which
+    every dcbench volume follows).
 
     coords (N, 3) in Å; weights (N,) (e.g. atomic numbers; default 1); each atom is a normalised
     3D Gaussian of sigma = resolution / (pi sqrt 2) Å sampled at voxel centres, so the map sums
@@ -37,10 +38,10 @@ def density_map(coords: np.ndarray, weights: np.ndarray | None = None, box: int 
     volume = np.zeros((box, box * box))
     for start in range(0, len(coords), _ATOM_CHUNK):
         part = coords[start:start + _ATOM_CHUNK] - centre
-        # separable Gaussian: (atoms, box) per axis; the map is sum_n w gx (x) gy (x) gz
+        # separable Gaussian: (atoms, box) per axis; the map is sum_n w gz (x) gy (x) gx
         gx, gy, gz = (norm * np.exp(-0.5 * ((axis[None, :] - part[:, i:i + 1]) / sigma) ** 2) for i in range(3))
-        gyz = (gy[:, :, None] * gz[:, None, :]).reshape(len(part), -1)
-        volume += (weights[start:start + _ATOM_CHUNK, None] * gx).T @ gyz
+        gyx = (gy[:, :, None] * gx[:, None, :]).reshape(len(part), -1)
+        volume += (weights[start:start + _ATOM_CHUNK, None] * gz).T @ gyx
     return volume.reshape(box, box, box)
 
 
@@ -70,6 +71,31 @@ def apply_ctf(volume: np.ndarray, voxel: float = 10.0, **ctf_parameters: float) 
     freqs = [np.fft.fftfreq(n, d=voxel) for n in volume.shape]
     radius = np.sqrt(sum(f**2 for f in np.meshgrid(*freqs, indexing="ij")))
     return np.fft.ifftn(np.fft.fftn(volume) * ctf(radius, **ctf_parameters)).real
+
+
+def rfft_frequencies(side: int, voxel: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frequencies (1/Å) along z, y, x of a (side, side, side // 2 + 1) rfftn of a [z, y, x]
+    volume, shaped to broadcast against it."""
+    full = np.fft.fftfreq(side, d=voxel)
+    half = np.fft.rfftfreq(side, d=voxel)
+    return full[:, None, None], full[None, :, None], half[None, None, :]
+
+
+def missing_wedge_mask(side: int, tilt_degrees: float, voxel: float = 10.0) -> np.ndarray:
+    """1 where a single-axis tilt series over +-tilt_degrees samples Fourier space, 0 in the
+    missing wedge, in rfftn layout. The beam runs along z and the tilt axis along y: the tilted
+    projections sample the central planes with |k_z| <= |k_x| tan(tilt)."""
+    if not 0 < tilt_degrees < 90:
+        raise ValueError(f"tilt range must be between 0 and 90 degrees, got {tilt_degrees}")
+    kz, _, kx = rfft_frequencies(side, voxel)
+    sampled = np.abs(kz) <= np.abs(kx) * math.tan(math.radians(tilt_degrees)) + 1e-12
+    return np.broadcast_to(sampled, (side, side, side // 2 + 1)).astype(np.float64)
+
+
+def ctf_rfft(side: int, voxel: float = 10.0, **ctf_parameters: float) -> np.ndarray:
+    """The CTF of |k| on a (side, side, side // 2 + 1) rfftn grid of a volume with `voxel` Å."""
+    kz, ky, kx = rfft_frequencies(side, voxel)
+    return ctf(np.sqrt(kz**2 + ky**2 + kx**2), **ctf_parameters)
 
 
 def add_noise(volume: np.ndarray, snr: float, rng: np.random.Generator) -> np.ndarray:
