@@ -49,7 +49,8 @@ def append_row(directory: Path, dataset: str, row: dict[str, Any],
         return _render_locked(directory, dataset, reported or {}, reported_source)
 
 
-FIGURE_FILES = {"transfer grid": "transfer_grid.png", "embedding": "content_embedding.png"}
+FIGURE_FILES = {"transfer grid": "transfer_grid.png", "embedding": "content_embedding.png",
+                "montage": "volume_montage.png", "cluster averages": "fsc_averages.png"}
 GALLERY_SEED = 0  # the seed whose figures the leaderboard shows
 GALLERY_COLUMNS = 3
 

@@ -172,15 +172,10 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
             metrics.update({k: float(v) for k, v in metric.compute(inputs).items()})
         atomic.write_json(record.path / "metrics.json", metrics)
     with record.phase("figures"):
-        from dcbench.embedding import embedding_figure
+        from dcbench.run_figures import write_run_figures
 
-        if method.generative:
-            from dcbench.figures import transfer_grid
-
-            transfer_grid(method, data.test, record.path / "figures" / "transfer_grid.png")
-        embedding_figure(test_codes.content, data.test.content, record.path / "figures" / "content_embedding.png",
-                         f"{spec.method} on {spec.dataset}: test content codes by class", spec.seed,
-                         data.class_names)
+        write_run_figures(method, data, test_codes, record.path / "figures", f"{spec.method} on {spec.dataset}",
+                          spec.seed)
     budget = {"epochs": p.config["epochs"], "train_size": len(data.train),
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
     record.finish(metrics=metrics)

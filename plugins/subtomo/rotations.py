@@ -98,7 +98,8 @@ def rotate_volumes(volumes: torch.Tensor | np.ndarray, rotations: torch.Tensor |
         offset = -(inverse @ t.unsqueeze(-1)).squeeze(-1)
     axis = (torch.arange(side, dtype=v.dtype, device=v.device) * 2 + 1) / side - 1  # voxel centres
     a = inverse[:, None, None, None, :, :]
-    grid = (a[..., 0] * axis.view(1, 1, 1, side, 1) + a[..., 1] * axis.view(1, 1, side, 1, 1)
-            + a[..., 2] * axis.view(1, side, 1, 1, 1) + offset[:, None, None, None, :])
+    # the offset joins the small z term first, so only one full-size addition remains
+    in_plane = a[..., 0] * axis.view(1, 1, 1, side, 1) + a[..., 1] * axis.view(1, 1, side, 1, 1)
+    grid = in_plane + (a[..., 2] * axis.view(1, side, 1, 1, 1) + offset[:, None, None, None, :])
     return F.grid_sample(v.unsqueeze(1), grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False).squeeze(1)

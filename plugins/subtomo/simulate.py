@@ -4,7 +4,8 @@ embedded `subtomo-sim` dataset.
 For each particle: a uniformly random 3D rotation about the box centre and a uniform random shift
 (both recorded as its true pose), then the CTF and optionally a missing wedge (in the particle's
 frame: the beam runs along z), then Gaussian noise. SNR is defined per particle as
-var(signal) / var(noise) over the box, the signal being the CTF-filtered particle.
+var(signal) / var(noise) over the box, the signal being the CTF-filtered (and, with a wedge,
+wedge-filtered) particle.
 
 The CTF is rotationally symmetric, so filtering commutes with rotation and shift (up to
 interpolation and the box edge): it is applied once to each reference map, not to every particle.
@@ -116,8 +117,8 @@ def iter_particles(maps: np.ndarray, per_structure: int, seed: int, settings: Si
                 volumes = torch.fft.irfftn(torch.fft.rfftn(volumes, dim=dims) * wedge_t, s=volumes.shape[1:],
                                            dim=dims)
             if settings.snr is not None:
-                noise_sd = (volumes.var(dim=dims, keepdim=True) / settings.snr).sqrt()
-                volumes = volumes + noise_sd * torch.randn(volumes.shape, generator=noise_gen)
+                noise_sd = (volumes.var(dim=dims, keepdim=True, correction=0) / settings.snr).sqrt()
+                volumes = torch.randn(volumes.shape, generator=noise_gen).mul_(noise_sd).add_(volumes)
         yield Particles(volumes.numpy().astype(np.float32, copy=False), structure[part], quaternions[part],
                         shifts[part])
 

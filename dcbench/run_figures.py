@@ -1,0 +1,39 @@
+"""The figures every run leaves in its `figures/` folder.
+
+- content_embedding.png: a 2D embedding of the test content codes coloured by content class and,
+  where the dataset has conformation labels, a second panel of the same points by conformation.
+- transfer_grid.png (generative methods): Dec(c, z) swapped across one test input per class;
+  volumes show their central slice.
+- volume_montage.png (volumes): slice-by-slice montage of one test input per class and, for
+  generative methods, its reconstruction Dec(c, z) beneath it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dcbench.api import Codes, DataBundle, Method
+
+
+def write_run_figures(method: Method, data: DataBundle, test_codes: Codes, folder: Path, title: str,
+                      seed: int) -> None:
+    from dcbench.embedding import embedding_panels
+    from dcbench.figures import one_per_class, transfer_grid, volume_montage
+
+    test = data.test
+    panels = [(f"{title}: test content codes by class", test.content, data.class_names)]
+    if test.conformation is not None:
+        panels.append(("... and by conformation", test.conformation, data.conformation_names))
+    embedding_panels(test_codes.content, panels, folder / "content_embedding.png", seed)
+    if method.generative:
+        transfer_grid(method, test, folder / "transfer_grid.png")
+    if test.x.ndim == 5:
+        idx = one_per_class(test)
+        rows = [test.x[idx]]
+        if method.generative:
+            codes = method.encode(test.x[idx])
+            rows.append(method.decode(codes.content, codes.transformation))
+        # input above its reconstruction, class by class
+        volume_montage(np.stack(rows, 1).reshape(-1, *test.x.shape[1:]), folder / "volume_montage.png", step=2)
