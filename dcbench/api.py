@@ -207,6 +207,8 @@ class MetricInput:
     data: DataBundle
     method: Method
     seed: int
+    # Where a metric may leave figures of its own (the run's figures/ folder); None: draw none.
+    figures_dir: Path | None = None
 
 
 class Metric(abc.ABC):

@@ -167,7 +167,7 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         save_codes(record.path / "codes.npz", train_codes, test_codes, data)
     with record.phase("metrics"):
         metrics: dict[str, float] = {}
-        inputs = MetricInput(train_codes, test_codes, data, method, spec.seed)
+        inputs = MetricInput(train_codes, test_codes, data, method, spec.seed, record.path / "figures")
         for metric in p.metrics:
             metrics.update({k: float(v) for k, v in metric.compute(inputs).items()})
         atomic.write_json(record.path / "metrics.json", metrics)

@@ -62,15 +62,16 @@ def test_a_3d_run_on_subtomo_sim_scores_ari_and_draws_volume_figures(tmp_path) -
     from dcbench.cli import cli
 
     result = CliRunner().invoke(cli, [
-        "run", "--method", "vae2", "--dataset", "subtomo-sim", "--epochs", "1", "--metric", "ari",
+        "run", "--method", "vae2", "--dataset", "subtomo-sim", "--epochs", "1", "--metric", "ari", "--metric", "fsc",
         "--set", "data.per_structure=3", "--set", "batch_size=16", "--runs-dir", str(tmp_path / "runs"),
         "--leaderboard-dir", str(tmp_path / "boards")])
     assert result.exit_code == 0, result.output
     run_dir = next((tmp_path / "runs" / "subtomo-sim" / "vae2").iterdir())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics) == {"ARI(composition)", "ARI(conformation)"}
+    assert set(metrics) == {"ARI(composition)", "ARI(conformation)", "AUC-FSC(mean)", "AUC-FSC(min)"}
+    assert 0 <= metrics["AUC-FSC(min)"] <= metrics["AUC-FSC(mean)"] <= 0.5
     assert -1 <= metrics["ARI(composition)"] <= 1  # conformation is n/a: one test particle per structure
-    for name in ("volume_montage.png", "transfer_grid.png", "content_embedding.png"):
+    for name in ("volume_montage.png", "transfer_grid.png", "content_embedding.png", "fsc_averages.png"):
         assert (run_dir / "figures" / name).stat().st_size > 0
     board = (tmp_path / "boards" / "subtomo-sim.md").read_text()
     assert "vae2" in board and "ARI(composition)" in board and "data.per_structure=3" in board
