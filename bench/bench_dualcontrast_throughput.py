@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from dcbench.records import cpu_model
 from dcbench_plugins.dualcontrast.method import DualContrast
 
 SHAPE = (1, 28, 28)
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = matmul_gflops(args.threads)
     results: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "logical_cpus": _cpu_count(), "threads": args.threads,
+        "machine": {"cpu": cpu_model(), "logical_cpus": _cpu_count(), "threads": args.threads,
                     "torch": torch.__version__, "python": platform.python_version()},
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "precision": str(method.amp_dtype or "fp32"),
@@ -395,16 +396,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _cpu_count() -> int:

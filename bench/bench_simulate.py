@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from dcbench.records import cpu_model
 from dcbench_plugins.subtomo import procedural
 
 TARGET_S = 60.0
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scaled = seconds * 18000 / particles  # the paper's size, scaled linearly when run smaller
     results: dict[str, Any] = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "logical_cpus": len(os.sched_getaffinity(0)),
+        "machine": {"cpu": cpu_model(), "logical_cpus": len(os.sched_getaffinity(0)),
                     "python": platform.python_version(), "load_average_before": load_before,
                     "load_average_after": load_after},
         "particles": particles,
@@ -137,16 +138,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _fmt(load: tuple[float, float, float]) -> str:
     return "/".join(f"{v:.2f}" for v in load)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

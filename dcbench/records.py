@@ -38,6 +38,17 @@ def git_commit(path: Path) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), for records and benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict[str, Any]:
     """Versions and hardware that may change a result."""
     info: dict[str, Any] = {
@@ -48,6 +59,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
         "argv": sys.argv,
     }
     for module in ("numpy", "torch", "sklearn", "pluggy"):
