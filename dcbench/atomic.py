@@ -22,7 +22,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes files 0600; give the usual permissions
+    os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes files 0600; give the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
@@ -33,7 +33,8 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

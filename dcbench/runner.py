@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,10 +142,8 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
     with record.phase("load_data"):
         dataset = p.dataset_cls(data_root=spec.data_root, **dataset_options(p.data_settings))
         data = dataset.load(spec.seed)
-        data = DataBundle(subsample(data.train, p.data_settings["data.train_size"], spec.seed),
-                          subsample(data.test, p.data_settings["data.test_size"], spec.seed),
-                          data.class_names, data.provenance, data.references, data.conformation_names,
-                          data.ctf)
+        data = dataclasses.replace(data, train=subsample(data.train, p.data_settings["data.train_size"], spec.seed),
+                                   test=subsample(data.test, p.data_settings["data.test_size"], spec.seed))
         check_data(data, p.dataset_cls)
     with record.phase("build"):
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)

@@ -129,10 +129,10 @@ def test_phase_flipping_undoes_the_ctf_and_finds_the_right_map() -> None:
     maps = data.references.maps
     for composition in (0, 1):
         particles = data.test.x[16 * composition:16 * (composition + 1), 0]  # CTF-filtered copies of one map
-        flipped, best = QuickFSC().cluster_score(particles, maps, 10.0, CTF, seed=0)
+        flipped, best, _ = QuickFSC().cluster_score(particles, maps, 10.0, CTF, seed=0)
         assert best == composition and flipped > 0.38
     # unflipped, the CTF's negative first lobe anticorrelates the low-frequency shells with the map
-    unflipped, _ = QuickFSC().cluster_score(particles, maps, 10.0, None, seed=0)
+    unflipped, _, _ = QuickFSC().cluster_score(particles, maps, 10.0, None, seed=0)
     assert unflipped < 0.2
 
 

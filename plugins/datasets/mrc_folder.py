@@ -35,6 +35,7 @@ from dcbench_plugins.datasets.volumes import (
     count_volumes,
     find_references_csv,
     make_bundle,
+    option_path,
     read_into,
     read_references,
     zscore_,
@@ -166,12 +167,8 @@ class MRCSubtomograms(Dataset):
     # the folder); references: folder with references.csv (default: the data folder's own, if any)
     option_defaults = {"path": None, "labels": None, "references": None, "test_fraction": 0.2, "zscore": True}
 
-    def _option_path(self, key: str) -> Path | None:
-        value = self.options.get(key)
-        return Path(str(value)).expanduser() if value not in (None, "") else None
-
     def _source(self) -> Path:
-        source = self._option_path("path") or (Path(self.data_root) if self.data_root is not None else None)
+        source = option_path(self.options, "path") or (Path(self.data_root) if self.data_root is not None else None)
         if source is None:
             raise DataError("dataset 'mrc' needs its volumes: pass --set data.path=FOLDER_OR_STACK (a folder of "
                             ".mrc files, a .mrcs volume stack, or a `dcbench simulate` folder)")
@@ -180,7 +177,7 @@ class MRCSubtomograms(Dataset):
         return source
 
     def _labels(self, source: Path, folder: Path) -> LabelTable:
-        path = self._option_path("labels")
+        path = option_path(self.options, "labels")
         if path is None and source.is_dir() and (folder / LABELS_NAME).is_file():
             path = folder / LABELS_NAME
         if path is None:
@@ -202,7 +199,7 @@ class MRCSubtomograms(Dataset):
 
     def _references(self, folder: Path, table: LabelTable, settings: dict[str, Any] | None
                     ) -> tuple[ReferenceMaps | None, str | None]:
-        where = self._option_path("references")
+        where = option_path(self.options, "references")
         if where is None and find_references_csv(folder) is not None:
             where = folder
         if where is None:

@@ -27,7 +27,14 @@ from dcbench.errors import DataError
 from dcbench.paths import dataset_cache
 from dcbench.safe_pickle import load_numpy_pickle
 from dcbench_plugins.datasets.volume_labels import LabelTable, read_labels
-from dcbench_plugins.datasets.volumes import BOX, first_non_finite, make_bundle, read_references, zscore_
+from dcbench_plugins.datasets.volumes import (
+    BOX,
+    first_non_finite,
+    make_bundle,
+    option_path,
+    read_references,
+    zscore_,
+)
 
 PICKLE_NAME = "composition_conformation_subtomograms.pkl"
 ZENODO = "https://zenodo.org/records/11244440"
@@ -128,12 +135,8 @@ class SubtomoPickle(Dataset):
     # one row per volume (required); references: folder with references.csv and the maps
     option_defaults = {"path": None, "labels": None, "references": None, "test_fraction": 0.2}
 
-    def _option_path(self, key: str) -> Path | None:
-        value = self.options.get(key)
-        return Path(str(value)).expanduser() if value not in (None, "") else None
-
     def _pickle_path(self) -> Path:
-        given = self._option_path("path")
+        given = option_path(self.options, "path")
         if given is not None:
             if not given.is_file():
                 raise DataError(f"{given} does not exist; data.path must name {PICKLE_NAME} (from {ZENODO})")
@@ -149,7 +152,7 @@ class SubtomoPickle(Dataset):
                         f"Zenodo record 11244440 ({ZENODO}) into {cache}, or pass --set data.path=FILE")
 
     def _labels(self, source: Path) -> LabelTable:
-        path = self._option_path("labels")
+        path = option_path(self.options, "labels")
         if path is None:
             raise DataError(f"{source} carries no labels (the published pickle has none and their order is not "
                             "documented), and dcbench does not guess them; pass --set data.labels=FILE, a CSV with "
@@ -173,7 +176,7 @@ class SubtomoPickle(Dataset):
             raise DataError(f"{source} volume {int(positions[bad])} (0-based) contains NaN or infinite values")
         zscore_(x, lambda i: f"{source} volume {int(positions[i])} (0-based)")
         references, references_csv = None, None
-        where = self._option_path("references")
+        where = option_path(self.options, "references")
         if where is not None:
             references, csv = read_references(where, table)
             references_csv = str(csv)

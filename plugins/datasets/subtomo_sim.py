@@ -22,8 +22,8 @@ from dcbench import array_cache
 from dcbench.api import DataBundle, Dataset, ReferenceMaps, Split
 from dcbench.paths import dataset_cache
 from dcbench_plugins.datasets.volumes import split_indices, zscore_
-from dcbench_plugins.subtomo import physics, procedural
-from dcbench_plugins.subtomo.simulate import SimulationSettings, simulate_particles
+from dcbench_plugins.subtomo import procedural
+from dcbench_plugins.subtomo.simulate import SimulationSettings, reference_maps, simulate_particles
 
 
 class SubtomoSim(Dataset):
@@ -46,8 +46,7 @@ class SubtomoSim(Dataset):
         conformations = sorted({m.conformation for m in models}, key=[m.conformation for m in models].index)
         composition_of = np.array([compositions.index(m.composition) for m in models])
         conformation_of = np.array([conformations.index(m.conformation) for m in models])
-        maps = np.stack([physics.density_map(m.coords, m.weights, box=settings.box, voxel=settings.voxel,
-                                             resolution=settings.resolution) for m in models]).astype(np.float32)
+        maps = reference_maps(models, settings)
 
         arrays = self._simulate(maps, per_structure, settings)
         x = arrays["x"][:, None]

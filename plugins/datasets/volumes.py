@@ -31,6 +31,12 @@ Describe = Callable[[int], str]  # volume position -> "volume 3 of FILE", for me
 # ------------------------------------------------------------------------------------------ MRC
 
 
+def option_path(options: dict[str, Any], key: str) -> Path | None:
+    """A file option (`--set data.path=~/x.mrcs`) as a Path, None when unset or empty."""
+    value = options.get(key)
+    return Path(str(value)).expanduser() if value not in (None, "") else None
+
+
 @contextmanager
 def open_mrc(path: Path) -> Iterator[Any]:
     """mrcfile's strict memory map of one file; corrupt, truncated or non-MRC files raise a

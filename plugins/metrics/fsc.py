@@ -75,19 +75,19 @@ class FSC(Metric):
                 continue
             if len(members) > self.max_particles:
                 members = np.sort(rng.choice(members, self.max_particles, replace=False))
-            score, best = self.cluster_score(particles[members], maps, data.references.voxel, data.ctf,
-                                             seed + cluster)
+            score, best, aligned = self.cluster_score(particles[members], maps, data.references.voxel, data.ctf,
+                                                      seed + cluster)
             scores.append(score)
-            shown += [self.last_aligned_average, maps[best]]
+            shown += [aligned, maps[best]]
         if inputs.figures_dir is not None and shown:
             # each cluster's aligned average above the true map it matched best
             volume_montage(np.stack(shown), inputs.figures_dir / "fsc_averages.png", step=2)
         return {"AUC-FSC(mean)": float(np.mean(scores)), "AUC-FSC(min)": float(np.min(scores))}
 
     def cluster_score(self, particles: np.ndarray, maps: np.ndarray, voxel: float, ctf: dict[str, float] | None,
-                      seed: int) -> tuple[float, int]:
-        """(AUC-FSC, index of the best-matching map) of the reference-free average of (N, D, H, W)
-        particles against (M, D, H, W) reference maps."""
+                      seed: int) -> tuple[float, int, np.ndarray]:
+        """(AUC-FSC, index of the best-matching map, the average aligned to it) of the
+        reference-free average of (N, D, H, W) particles against (M, D, H, W) reference maps."""
         side = particles.shape[-1]
         max_shift = self.max_shift_fraction * side
         average, _ = alignment.reference_free_average(particles, self.iterations, seed, self.step_degrees, max_shift)
@@ -106,8 +106,7 @@ class FSC(Metric):
         aligned = rotations.rotate_volumes(average[None], poses.rotations[best:best + 1],
                                            poses.shifts[best:best + 1])[0].numpy().astype(np.float64)
         aligned += maps[best].mean() - aligned.mean()  # the k = 0 term is not measurable (see the docstring)
-        self.last_aligned_average = aligned.astype(np.float32)  # for the figure
-        return auc_fsc(aligned, maps[best]), best
+        return auc_fsc(aligned, maps[best]), best, aligned.astype(np.float32)
 
 
 def _kmeans(codes: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -15,8 +15,9 @@ with torch (about 1.5 ms per 32^3 particle on 2 cores).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,6 +83,13 @@ class Particles:
     structure: np.ndarray  # (N,) index into the reference maps
     quaternions: np.ndarray  # (N, 4) true rotation (w, x, y, z)
     shifts: np.ndarray  # (N, 3) true shift in voxels along x, y, z
+
+
+def reference_maps(models: Sequence[Any], settings: SimulationSettings) -> np.ndarray:
+    """(M, box, box, box) float32 noise-free maps of models with `coords` (Å) and `weights`,
+    each centred on its weighted centre of mass."""
+    return np.stack([physics.density_map(m.coords, m.weights, box=settings.box, voxel=settings.voxel,
+                                         resolution=settings.resolution) for m in models]).astype(np.float32)
 
 
 def draw_poses(n: int, max_shift: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -29,12 +29,11 @@ from typing import Any
 import mrcfile
 import numpy as np
 
-from dcbench import __version__
+from dcbench import __version__, atomic
 from dcbench.errors import DataError, DcbenchError
-from dcbench_plugins.subtomo import physics
 from dcbench_plugins.subtomo.atoms import read_atoms
 from dcbench_plugins.subtomo.manifest import label_ids
-from dcbench_plugins.subtomo.simulate import Particles, SimulationSettings, iter_particles
+from dcbench_plugins.subtomo.simulate import Particles, SimulationSettings, iter_particles, reference_maps
 
 STACK_NAME = "particles.mrcs"
 PARTICLE_FOLDER = "particles"
@@ -92,12 +91,6 @@ def load_structures(items: Sequence[Any]) -> list[Structure]:
     return structures
 
 
-def reference_maps(structures: Sequence[Structure], settings: SimulationSettings) -> np.ndarray:
-    """(M, box, box, box) float32 noise-free maps, each centred on its weighted centre of mass."""
-    return np.stack([physics.density_map(s.coords, s.weights, box=settings.box, voxel=settings.voxel,
-                                         resolution=settings.resolution) for s in structures]).astype(np.float32)
-
-
 def simulate_to_folder(structures: Sequence[Any], out: str | Path, per_structure: int = 1000, seed: int = 0,
                        settings: SimulationSettings | None = None, per_particle_files: bool = False,
                        overwrite: bool = False, progress: bool = True, manifest: Path | None = None) -> Path:
@@ -112,7 +105,7 @@ def simulate_to_folder(structures: Sequence[Any], out: str | Path, per_structure
     maps = reference_maps(loaded, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    building.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would stay with the finished folder
+    building.chmod(0o777 & ~atomic.current_umask())  # mkdtemp's 0700 would stay with the finished folder
     try:
         write_references(building, loaded, maps, settings.voxel)
         write_particles(building, loaded, maps, per_structure, seed, settings, per_particle_files, progress)
@@ -124,12 +117,6 @@ def simulate_to_folder(structures: Sequence[Any], out: str | Path, per_structure
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_target(out: Path, overwrite: bool) -> None:
