@@ -159,6 +159,13 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     generative: ClassVar[bool] = False
+    # True when fit() honours `training_state`: it rewrites that file (atomically) after every
+    # epoch with everything needed to continue, and continues from it when it exists at the
+    # start of fit(). `dcbench run --resume` and sweeps then pick a killed run up where it
+    # stopped; other methods restart training from scratch in the same run folder.
+    resumable: ClassVar[bool] = False
+    # Set by the runner before fit(): the run folder's training-state file.
+    training_state: Path | None = None
 
     @classmethod
     @abc.abstractmethod

@@ -40,6 +40,27 @@ def current_umask() -> int:
     return mask
 
 
+def ensure_writable_folder(folder: Path, option: str) -> None:
+    """Check that files can be written in `folder` (or, if it does not exist yet, that it can
+    be created: its nearest existing parent takes a file), without leaving anything behind; a
+    one-line error naming the folder and the option to change otherwise."""
+    from dcbench.errors import DcbenchError
+
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "a file is in the way", str(existing))
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = reason if existing == Path(folder).absolute() else f"{existing}: {reason}"
+        raise DcbenchError(f"cannot write to {folder} ({where}); choose another {option} or fix its "
+                           "permissions") from None
+
+
 def write_bytes(target: Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

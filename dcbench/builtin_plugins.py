@@ -51,3 +51,8 @@ def register_datasets(register: Register) -> None:
 @hookimpl
 def register_metrics(register: Register) -> None:
     _register_section("metrics", register)
+
+
+@hookimpl
+def register_executors(register: Register) -> None:
+    _register_section("executors", register)

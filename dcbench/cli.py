@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from dcbench import __version__
 from dcbench.errors import DcbenchError
 
 DEBUG_ENV = "DCBENCH_DEBUG"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _report_problems(registry) -> None:
@@ -26,9 +28,9 @@ def cli() -> None:
 
 
 @cli.command("list")
-@click.option("--kind", type=click.Choice(["method", "dataset", "metric"]), help="Only this kind.")
+@click.option("--kind", type=click.Choice(["method", "dataset", "metric", "executor"]), help="Only this kind.")
 def list_command(kind: str | None) -> None:
-    """List registered methods, datasets and metrics with their source plugin and version."""
+    """List registered methods, datasets, metrics and sweep executors with their source plugin and version."""
     from tabulate import tabulate
 
     from dcbench.registry import get_registry
@@ -57,13 +59,15 @@ def list_command(kind: str | None) -> None:
 @click.option("--leaderboard-dir", type=click.Path(path_type=Path), default=Path("leaderboards"),
               show_default=True, help="Where leaderboards are written.")
 @click.option("--no-leaderboard", is_flag=True, help="Do not add this run to the leaderboard.")
+@click.option("--resume", is_flag=True, help="Finish this cell: continue its latest unfinished run (killed, "
+              "interrupted or failed) from its last epoch checkpoint, or do nothing if it has a finished run.")
 def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, preset: str,
                 epochs: int | None, device: str, assignments: tuple[str, ...], data_root: Path | None,
-                runs_dir: Path, leaderboard_dir: Path, no_leaderboard: bool) -> None:
+                runs_dir: Path, leaderboard_dir: Path, no_leaderboard: bool, resume: bool) -> None:
     """Train METHOD on DATASET, score it, record the run and update the leaderboard."""
     from dcbench.config import RunSpec, parse_assignments
     from dcbench.registry import get_registry
-    from dcbench.runner import execute
+    from dcbench.runner import execute, sigterm_as_interrupt
 
     spec = RunSpec(method=method, dataset=dataset, metrics=list(metrics), seed=seed, preset=preset,
                    epochs=epochs, device=device, overrides=parse_assignments(assignments),
@@ -72,14 +76,99 @@ def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, 
     registry = get_registry()
     _report_problems(registry)
     try:
-        result = execute(spec, registry)
+        with sigterm_as_interrupt():
+            result = execute(spec, registry, resume=resume)
     except KeyboardInterrupt:
-        raise DcbenchError("interrupted; the run folder records how far it got") from None
+        raise DcbenchError("interrupted; the run folder records how far it got, and the same command with "
+                           "--resume continues it") from None
+    if result.already_finished:
+        click.echo(f"this cell already has a finished run, nothing to do: {result.run_dir}")
+        return
+    if result.resumed:
+        click.echo(f"continued the unfinished run {result.run_dir}")
     click.echo(f"run folder: {result.run_dir}")
     click.echo("metrics: " + ", ".join(f"{k} = {v:.4f}" for k, v in result.metrics.items()))
     if result.leaderboard is not None:
         click.echo(f"leaderboard: {result.leaderboard}\n")
         click.echo(result.leaderboard.read_text(encoding="utf-8"))
+
+
+@cli.command("sweep")
+@click.option("--method", "-m", "methods", required=True, multiple=True,
+              help="Method names, comma-separated or repeated.")
+@click.option("--dataset", "-d", "datasets", required=True, multiple=True,
+              help="Dataset names, comma-separated or repeated.")
+@click.option("--seeds", default="0", show_default=True, help="Seeds: 0-4, 0,3,7-9 ...")
+@click.option("--metric", "metrics", multiple=True, help="Metric names (default: each dataset's).")
+@click.option("--preset", default="quick", show_default=True, type=click.Choice(["quick", "paper"]))
+@click.option("--epochs", type=int, help="Override the preset's number of epochs.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE", help="As for `dcbench run`, for every cell.")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Where the datasets' files are.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--leaderboard-dir", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True)
+@click.option("--no-leaderboard", is_flag=True, help="Do not add the runs to the leaderboards.")
+@click.option("--executor", default="local", show_default=True, help="Where cells run (see `dcbench list`).")
+@click.option("--executor-option", "executor_options", multiple=True, metavar="KEY=VALUE",
+              help="Executor setting, e.g. partition=gpu, time=600, gpus=1 for slurm.")
+@click.option("--jobs", "-j", default=1, show_default=True, type=int, help="Cells at a time.")
+@click.option("--retries", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Retries of a failed cell (continuing its run folder).")
+@click.option("--overwrite", default="only-missing", show_default=True,
+              type=click.Choice(["only-missing", "always", "never"]),
+              help="What to do with cells that have records: only-missing skips finished cells and continues "
+                   "unfinished ones; always reruns all; never leaves any cell with a record alone.")
+@click.option("--dry-run", is_flag=True, help="Print what each cell would do and stop.")
+def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: str, metrics: tuple[str, ...],
+                  preset: str, epochs: int | None, device: str, assignments: tuple[str, ...], data_root: Path | None,
+                  runs_dir: Path, leaderboard_dir: Path, no_leaderboard: bool, executor: str,
+                  executor_options: tuple[str, ...], jobs: int, retries: int, overwrite: str, dry_run: bool) -> None:
+    """Run every METHOD x DATASET x SEED cell, skipping finished cells, continuing unfinished
+    ones, retrying failures; one progress bar over cells and a summary table at the end."""
+    import time
+
+    from dcbench import sweep
+    from dcbench.config import RunSpec, parse_assignments
+    from dcbench.registry import get_registry
+
+    registry = get_registry()
+    _report_problems(registry)
+    template = RunSpec(method="", dataset="", metrics=sweep.split_names(metrics), preset=preset, epochs=epochs,
+                       device=device, overrides=parse_assignments(assignments), data_root=data_root,
+                       runs_dir=runs_dir, leaderboard_dir=None if no_leaderboard else leaderboard_dir)
+    executor_cls = registry.load("executor", executor)
+    cells = sweep.plan_cells(sweep.split_names(methods), sweep.split_names(datasets), sweep.parse_seeds(seeds),
+                             template, overwrite, registry)
+    options = parse_assignments(executor_options)
+    if dry_run:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:  # checks the executor's options, writes nothing
+            description = executor_cls(jobs, Path(scratch), options).describe()
+        click.echo(f"{len(cells)} cells; {description}\n")
+        click.echo(sweep.plan_table(cells))
+        return
+    folder = sweep.new_sweep_folder(runs_dir)
+    runner = executor_cls(jobs, folder, options)
+    header = {"command": sys.argv, "executor": runner.describe(), "overwrite": overwrite, "retries": retries}
+    todo = sum(c.action in ("run", "continue") for c in cells)
+    click.echo(f"sweep {folder}: {len(cells)} cells, {todo} to run; {runner.describe()}; logs in {folder / 'logs'}",
+               err=True)
+    for cell in cells:
+        if cell.action == "refuse":
+            click.echo(f"refused: {cell.label}: {cell.reason}", err=True)
+    started = time.perf_counter()
+    try:
+        sweep.run_cells(cells, runner, folder, retries)
+    finally:
+        header["seconds"] = round(time.perf_counter() - started, 1)
+        sweep.write_summary(folder, cells, header)
+    click.echo(sweep.summary_table(cells))
+    bad = [c for c in cells if c.status in ("failed", "refused")]
+    click.echo(f"\nsummary: {folder / 'summary.md'}", err=True)
+    if bad:
+        raise DcbenchError(f"{len(bad)} of {len(cells)} cells failed or were refused; see the summary above "
+                           f"and the logs in {folder / 'logs'}")
 
 
 @cli.command("leaderboard")
@@ -234,7 +323,13 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        click.echo(f"error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for the traceback)", err=True)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            # A full disk or a folder that turned read-only mid-run: the record says how far it got.
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot write{where}: {exc.strerror}; free some space or choose another "
+                       "--runs-dir / --leaderboard-dir, then rerun with --resume", err=True)
+        else:
+            click.echo(f"error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for the traceback)", err=True)
         sys.exit(1)
 
 

@@ -41,3 +41,8 @@ def register_datasets(register: Register) -> None:
 @hookspec
 def register_metrics(register: Register) -> None:
     """Register Metric classes."""
+
+
+@hookspec
+def register_executors(register: Register) -> None:
+    """Register sweep Executor classes (dcbench.executors.Executor): where sweep cells run."""

@@ -1,12 +1,17 @@
 """Leaderboards: one JSON-lines file of run rows per dataset, rendered to Markdown.
 
 Appends happen under a cross-process file lock and each line is written with one write()
-call on a file opened for appending, so concurrent runs never lose or interleave rows. The
+call on a file opened for appending, so concurrent runs never lose or interleave rows; a failed
+or short write (a full disk) is truncated away, so the file never keeps half a line. The
 Markdown is re-rendered under the same lock and replaced atomically.
+
+The file is history: a rerun of a (method, preset, seed) cell appends a new row, and the
+Markdown counts only the last appended row of each cell.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -16,9 +21,10 @@ from typing import Any
 
 from filelock import FileLock
 
-from dcbench import atomic
+from dcbench import atomic, stats
 
 ARROWS = {"max": "↑", "min": "↓"}
+ROW_KEYS = ("method", "preset", "seed", "metrics")  # what rendering needs of every row
 
 
 def jsonl_path(directory: Path, dataset: str) -> Path:
@@ -40,13 +46,46 @@ def append_row(directory: Path, dataset: str, row: dict[str, Any],
     directory.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(row, sort_keys=True, default=atomic.json_default) + "\n").encode("utf-8")
     with _lock(directory, dataset):
-        fd = os.open(jsonl_path(directory, dataset), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append_line(jsonl_path(directory, dataset), line)
         return _render_locked(directory, dataset, reported or {}, reported_source)
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    """Append one line with one write(); on any failure leave the file exactly as it was.
+
+    Called under the lock, so the size read first is still the end of the file when we write.
+    A write that fails part-way (ENOSPC on a full disk) or writes fewer bytes than asked would
+    leave half a line, which would also swallow the next appended row into one invalid line:
+    truncate back to the old size and raise instead.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # an old torn line (a crash, a kill): end it so this row stays whole
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(errno.EIO, f"short write: {written} of {len(line)} bytes")
+            os.fsync(fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+                undone = "the file is unchanged"
+            except OSError as truncate_exc:
+                undone = f"truncating it back failed ({_reason(truncate_exc)}), so it may end in a partial line"
+            raise OSError(exc.errno or errno.EIO,
+                          f"could not append the run's row to {path}: {_reason(exc)}; {undone}. "
+                          "Free disk space there, or choose another --leaderboard-dir, and run again") from exc
+    finally:
+        os.close(fd)
+
+
+def _reason(exc: OSError) -> str:
+    # OSError(errno.ENOSPC) alone has no strerror; spell the errno out.
+    if exc.strerror:
+        return exc.strerror
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 FIGURE_FILES = {"transfer grid": "transfer_grid.png", "embedding": "content_embedding.png",
@@ -83,16 +122,19 @@ def render(directory: Path, dataset: str, reported: dict[str, dict[str, float]] 
 
 
 def read_rows(directory: Path, dataset: str) -> list[dict[str, Any]]:
-    """All rows; a line that is not valid JSON (a crash from an old version) is skipped."""
+    """All rows; a line that is not valid JSON (a crash from an old version) or not a run's row
+    (edited by hand) is skipped."""
     path = jsonl_path(directory, dataset)
     if not path.exists():
         return []
     rows = []
     for text in path.read_text(encoding="utf-8").splitlines():
         try:
-            rows.append(json.loads(text))
+            row = json.loads(text)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and all(key in row for key in ROW_KEYS) and isinstance(row["metrics"], dict):
+            rows.append(row)
     return rows
 
 
@@ -117,33 +159,57 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _format(values: list[float]) -> str:
+    """'mean ± std<br>[low, high]' (the bootstrap CI of the mean), just the value for one run,
+    'n/a' for none."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return "n/a"
     mean, std = _mean_std(values)
-    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+    if math.isnan(std):
+        return f"{mean:.3f}"
+    interval = stats.bootstrap_mean_ci(values)
+    ci = "" if interval is None else f"<br>[{interval[0]:.3f}, {interval[1]:.3f}]"
+    return f"{mean:.3f} ± {std:.3f}{ci}"
+
+
+def _values(members: list[dict[str, Any]], column: str) -> list[float]:
+    return [m["metrics"][column] for m in members if m["metrics"].get(column) is not None]
+
+
+def latest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, preset, seed): the last appended, so a rerun replaces the row it
+    reruns on the page while the older line stays in the jsonl as history. File order is kept
+    (a replaced row moves to its rerun's place, so 'latest' stays last)."""
+    latest: dict[tuple[str, str, Any], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["method"], row["preset"], row.get("seed"))
+        latest.pop(key, None)
+        latest[key] = row
+    return list(latest.values())
 
 
 def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str, dict[str, float]],
                     reported_source: str = "") -> str:
-    """The leaderboard page: one line per (method, preset) with mean ± std over seeds and n,
-    and the paper's reported numbers as separate rows labelled 'reported'."""
+    """The leaderboard page: one line per (method, preset) with mean ± std, the bootstrap CI of the
+    mean and n over seeds, the paper's reported numbers as separate rows labelled 'reported', and
+    the ranks of the measured rows with statistical ties marked."""
     from tabulate import tabulate
 
+    rows = latest_rows(rows)
     directions: dict[str, str] = {}
     for row in rows:
         directions.update(row.get("directions", {}))
     columns = list(directions)
     groups = _group(rows)
     methods = sorted({m for m, _ in groups} | set(reported))
-    header = ["method", "preset"] + [f"{_cell(c)} {ARROWS.get(directions.get(c, ''), '')}".strip() for c in columns]
-    header += ["n", "seeds", "figures (seed 0)"]
+    titles = [f"{_cell(c)} {ARROWS.get(directions.get(c, ''), '')}".strip() for c in columns]
+    header = ["method", "preset", *titles, "n", "seeds", "figures (seed 0)"]
     table = []
     for method in methods:
         for (name, preset), members in groups.items():
             if name != method:
                 continue
-            cells = [_format([m["metrics"].get(c) for m in members if c in m["metrics"]]) for c in columns]
+            cells = [_format(_values(members, c)) for c in columns]
             seeds = ",".join(str(s) for s in sorted({m["seed"] for m in members}))
             table.append([method, preset, *cells, len(members), seeds, _figure_links(members)])
         if method in reported:
@@ -152,15 +218,30 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
     lines = [
         f"# Leaderboard: {dataset}",
         "",
-        "Rendered by dcbench from `" + f"{dataset}.jsonl" + "`; do not edit by hand. Each measured row is "
-        "the mean ± sample std over seeds of real runs, with n runs; ↑ higher is better, ↓ lower is better.",
+        "Rendered by dcbench from `" + f"{dataset}.jsonl" + "`; do not edit by hand. Each measured cell is "
+        "the mean ± sample std over seeds of real runs, then in brackets the "
+        f"{stats.LEVEL:.0%} confidence interval of the mean (percentile bootstrap over the seeds, "
+        f"{stats.RESAMPLES} resamples, drawn deterministically so a re-render gives the same numbers); "
+        "a row with one run shows just its value. "
+        "n counts the runs; ↑ higher is better, ↓ lower is better.",
+        "If a (method, preset, seed) was run more than once, only its last appended row counts here; "
+        "the older lines stay in the jsonl as history.",
         "The preset column names the training budget (preset plus any overrides; see Budgets below). "
-        "Rows labelled *reported* are numbers published in the paper, not reruns"
+        "Rows labelled *reported* are numbers published in the paper, not reruns, and are not ranked"
         + (f" ({reported_source})." if reported_source else "."),
         "",
         tabulate(table, headers=header, tablefmt="github", disable_numparse=True) if table else "(no runs yet)",
         "",
     ]
+    if groups:
+        lines += ["## Ranks", "",
+                  f"Per column, rank = 1 + the number of rows significantly better: the {stats.LEVEL:.0%} "
+                  "percentile-bootstrap interval of the difference of the two rows' means over seeds "
+                  f"({stats.RESAMPLES} resamples) lies entirely on the better side of 0. "
+                  "\"=\" marks rows that share a rank because no test could separate them; a row with one "
+                  "seed cannot be separated from anything, so it ranks 1 (1= beside other rows).",
+                  "", tabulate(_ranks(groups, columns, directions), headers=["method", "preset", *titles, "n"],
+                               tablefmt="github", disable_numparse=True), ""]
     gallery = _gallery(groups)
     if gallery:
         lines += ["## Transfer grids", "",
@@ -173,6 +254,22 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
                                                                "batch", "lr", "median train time (s)"],
                                                tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
+
+
+def _ranks(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]], columns: list[str],
+           directions: dict[str, str]) -> list[list[Any]]:
+    """One line per measured (method, preset): its rank in each column, '=' for a tie."""
+    keys = list(groups)
+    by_column = []
+    for column in columns:
+        direction = directions.get(column)
+        values = [_values(groups[key], column) for key in keys]
+        if direction in stats.DIRECTIONS:
+            by_column.append([stats.format_rank(r) for r in stats.tied_ranks(values, direction)])
+        else:  # no direction recorded: nothing to rank by
+            by_column.append(["n/a"] * len(keys))
+    return [[method, preset, *(ranks[i] for ranks in by_column), len(groups[(method, preset)])]
+            for i, (method, preset) in enumerate(keys)]
 
 
 def _latest_figures(members: list[dict[str, Any]]) -> dict[str, str]:

@@ -1,12 +1,15 @@
 """The run folder: config, provenance, checkpoint, codes, metrics and figures of one run.
 
-provenance.json is rewritten (atomically) at every phase, so a run that dies still leaves a
-record saying how far it got and why it stopped.
+provenance.json is rewritten (atomically) at every phase and epoch, so a run that dies still
+leaves a record saying how far it got and why it stopped. A live run holds an OS lock on the
+folder's `.running.lock` (released by the kernel even when the process is killed), which is
+how a record that says "running" is told apart from one whose process died.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import secrets
@@ -19,7 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from dcbench import __version__, atomic
+from dcbench.errors import DcbenchError
+
+LOCK_NAME = ".running.lock"
 
 
 def utc_now() -> str:
@@ -78,19 +86,41 @@ def environment() -> dict[str, Any]:
 class RunRecord:
     """One run's folder and its provenance, kept up to date on disk."""
 
-    def __init__(self, path: Path, provenance: dict[str, Any]) -> None:
+    def __init__(self, path: Path, provenance: dict[str, Any], lock: FileLock | None = None) -> None:
         self.path = path
         self.provenance = provenance
+        self._lock = lock
 
     @classmethod
     def create(cls, runs_dir: Path, method: str, dataset: str, seed: int, config: dict[str, Any]) -> RunRecord:
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         path = Path(runs_dir) / dataset / method / f"{stamp}-seed{seed}-{secrets.token_hex(3)}"
         path.mkdir(parents=True, exist_ok=False)
+        lock = _hold_lock(path)
         (path / "figures").mkdir()
         atomic.write_json(path / "config.json", config)
         record = cls(path, {"status": "running", "started_at": utc_now(), "finished_at": None,
-                            "seeds": {"seed": seed}, "phases_s": {}, "error": None})
+                            "seeds": {"seed": seed}, "phases_s": {}, "error": None, "attempts": [_attempt()]},
+                     lock)
+        record.save()
+        return record
+
+    @classmethod
+    def reopen(cls, path: Path) -> RunRecord:
+        """Take over an interrupted or failed run folder to continue it (`--resume`)."""
+        path = Path(path)
+        lock = _hold_lock(path)
+        try:
+            provenance = read_json(path / "provenance.json")
+        except DcbenchError:
+            lock.release()
+            raise
+        provenance.setdefault("attempts", [])
+        previous = {"status": provenance.get("status"), "phase": provenance.get("phase"),
+                    "error": provenance.get("error")}
+        provenance["attempts"].append({**_attempt(), "after": previous})
+        provenance.update(status="running", finished_at=None, error=None)
+        record = cls(path, provenance, lock)
         record.save()
         return record
 
@@ -99,20 +129,72 @@ class RunRecord:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time a phase and record its wall time, even when it fails."""
+        """Time a phase and record its wall time, even when it fails; a phase run again by a
+        resumed run adds to its time."""
         self.provenance["phase"] = name
         self.save()
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.provenance["phases_s"][name] = round(time.perf_counter() - start, 3)
+            spent = self.provenance["phases_s"].get(name, 0.0) + time.perf_counter() - start
+            self.provenance["phases_s"][name] = round(spent, 3)
             self.save()
 
     def finish(self, **extra: Any) -> None:
         self.provenance.update(status="finished", finished_at=utc_now(), phase=None, **extra)
-        self.save()
+        self._close(self.save)
 
-    def fail(self, message: str) -> None:
-        self.provenance.update(status="failed", finished_at=utc_now(), error=message)
-        self.save()
+    def fail(self, message: str, status: str = "failed") -> None:
+        """Mark the run failed (or 'interrupted', which `--resume` continues). Never raises for
+        a disk that cannot take the record any more: the caller is already reporting an error."""
+        self.provenance.update(status=status, finished_at=utc_now(), error=message)
+
+        def save_quietly() -> None:
+            try:
+                self.save()
+            except OSError:
+                pass
+
+        self._close(save_quietly)
+
+    def _close(self, save: Any) -> None:
+        try:
+            save()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+
+def _attempt() -> dict[str, Any]:
+    return {"started_at": utc_now(), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _hold_lock(path: Path) -> FileLock:
+    lock = FileLock(str(path / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DcbenchError(f"run {path} is being run by another live process; wait for it or stop it") from None
+    return lock
+
+
+def is_live(path: Path) -> bool:
+    """Whether a process still holds the run folder's lock (so it is running right now)."""
+    if not (Path(path) / LOCK_NAME).exists():
+        return False
+    lock = FileLock(str(Path(path) / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DcbenchError(f"cannot read {path}: {exc}") from exc

@@ -23,8 +23,9 @@ from dcbench.errors import PluginError, UnknownNameError
 
 ENTRY_POINT_GROUP = "dcbench"
 ALLOW_ENV = "DCBENCH_PLUGINS"
-KINDS = ("method", "dataset", "metric")
-HOOKS = {"method": "register_methods", "dataset": "register_datasets", "metric": "register_metrics"}
+KINDS = ("method", "dataset", "metric", "executor")
+HOOKS = {"method": "register_methods", "dataset": "register_datasets", "metric": "register_metrics",
+         "executor": "register_executors"}
 
 
 @dataclass

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcbench import atomic, leaderboard
+from dcbench import atomic, cells, leaderboard
 from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, Split
 from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
 from dcbench.errors import DataError, DcbenchError, TrainingDiverged
 from dcbench.records import RunRecord, environment, utc_now
 from dcbench.registry import Registry, get_registry
+
+TRAINING_STATE = "train_state.pt"
 
 
 @dataclass
@@ -23,6 +30,9 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, float]
     leaderboard: Path | None
+    # resume: the cell had a finished record already (nothing ran), or an unfinished one was continued
+    already_finished: bool = False
+    resumed: bool = False
 
 
 @dataclass
@@ -76,25 +86,55 @@ def check_data(data: DataBundle, dataset: type[Dataset]) -> None:
 
 
 class EpochProgress:
-    """A progress bar over epochs showing the loss terms; stops the run on a non-finite loss."""
+    """Progress over epochs showing the loss terms: a bar on a terminal, one line per epoch in a
+    log file. Keeps the loss history in the run record after every epoch (a resumed run goes
+    on from it) and stops the run on a non-finite loss."""
 
-    def __init__(self, epochs: int, label: str) -> None:
+    def __init__(self, epochs: int, label: str, record: RunRecord | None = None) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=epochs, desc=label, unit="epoch", dynamic_ncols=True, leave=True)
-        self.history: list[dict[str, float]] = []
+        self.epochs, self.label, self.record = epochs, label, record
+        self.history: list[dict[str, float]] = list(record.provenance.get("loss_history", [])) if record else []
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=epochs, initial=min(len(self.history), epochs), desc=label, unit="epoch",
+                            dynamic_ncols=True, leave=True)
 
     def __call__(self, epoch: int, terms: dict[str, float]) -> None:
-        self.history.append({"epoch": epoch, **terms})
+        # A resumed run repeats the epochs after its last checkpoint: their new numbers replace the old.
+        self.history = [h for h in self.history if h["epoch"] < epoch] + [{"epoch": epoch, **terms}]
+        if self.record is not None:
+            self.record.provenance["loss_history"] = self.history
+            self.record.save()
         bad = [k for k, v in terms.items() if not math.isfinite(v)]
         if bad:
             raise TrainingDiverged(f"loss term '{bad[0]}' became {terms[bad[0]]} in epoch {epoch + 1}; "
                                    "try a lower learning rate (--set lr=...) or another seed")
-        self.bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.n = epoch + 1
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=True)
+        else:
+            losses = ", ".join(f"{k} {v:.4g}" for k, v in terms.items())
+            print(f"{self.label}: epoch {epoch + 1}/{self.epochs}: {losses}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM (a Slurm time limit, `kill`) end a run like Ctrl-C does, so that its record
+    says 'interrupted' and `--resume` continues it. Main thread only."""
+    try:
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def save_codes(path: Path, train: Codes, test: Codes, data: DataBundle) -> None:
@@ -106,58 +146,117 @@ def save_codes(path: Path, train: Codes, test: Codes, data: DataBundle) -> None:
     atomic.write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
-def execute(spec: RunSpec, registry: Registry | None = None) -> RunResult:
-    """Run one (method, dataset, seed) cell end to end and record it."""
+def cell_of(spec: RunSpec, p: Plan) -> dict[str, Any]:
+    """The identity of the grid cell a planned run belongs to (see dcbench.cells)."""
+    return cells.cell_identity(spec.method, spec.dataset, spec.seed, p.label, [m.name for m in p.metrics],
+                               spec.data_root)
+
+
+def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = False,
+            continue_run: Path | None = None, on_record: Callable[[Path], None] | None = None) -> RunResult:
+    """Run one (method, dataset, seed) cell end to end and record it.
+
+    resume: a cell that has a finished record is not run again, and one whose latest record is
+    unfinished (killed, interrupted or failed) continues in that folder from its last epoch
+    checkpoint. continue_run: continue exactly this unfinished run folder of the cell.
+    on_record(run_dir) is called as soon as the run folder is known."""
     registry = registry or get_registry()
     p = plan(spec, registry)
+    metric_names = [m.name for m in p.metrics]
+    identity = cell_of(spec, p)
     full_config = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "preset": spec.preset,
-                   "preset_label": p.label, "device": spec.device, "metrics": [m.name for m in p.metrics],
+                   "preset_label": p.label, "device": spec.device, "metrics": metric_names,
                    "data_root": spec.data_root, "overrides": spec.overrides, "method_config": p.config,
-                   "data": p.data_settings}
-    record = RunRecord.create(spec.runs_dir, spec.method, spec.dataset, spec.seed, full_config)
-    try:
-        metrics, budget, train_seconds = _execute_phases(spec, p, record)
-    except BaseException as exc:
-        message = str(exc) if isinstance(exc, DcbenchError) else f"{type(exc).__name__}: {exc}"
-        record.fail(message or type(exc).__name__)
-        raise
-    board = None
+                   "data": p.data_settings, "cell": identity}
+    # Before any work: an output folder we cannot write to must not cost a training run.
+    atomic.ensure_writable_folder(spec.runs_dir, "--runs-dir")
     if spec.leaderboard_dir is not None:
-        row = {"method": spec.method, "dataset": spec.dataset, "preset": p.label, "seed": spec.seed,
-               "metrics": metrics, "directions": {c: d for m in p.metrics for c, d in m.columns.items()},
-               "budget": budget, "train_seconds": train_seconds, "run": str(record.path),
-               "finished_at": utc_now(), "dcbench": record.provenance["environment"]["dcbench"],
-               "git_commit": record.provenance["environment"]["dcbench_git_commit"],
-               "generative": p.method_cls.generative,
-               # What `dcbench reproduce` needs to rerun this row exactly.
-               "spec": {"preset": spec.preset, "epochs": spec.epochs, "overrides": spec.overrides,
-                        "metrics": [m.name for m in p.metrics]}}
-        leaderboard.publish_figures(spec.leaderboard_dir, row, record.path / "figures")
-        board = leaderboard.append_row(spec.leaderboard_dir, spec.dataset, row, p.dataset_cls.reported,
-                                       p.dataset_cls.reported_source)
-    return RunResult(record.path, metrics, board)
+        atomic.ensure_writable_folder(spec.leaderboard_dir, "--leaderboard-dir")
+    record = None
+    if continue_run is not None:
+        state = cells.read_state(Path(continue_run))
+        if state is None or cells.identity_of_config(_read_json(Path(continue_run) / "config.json")) != identity:
+            raise DcbenchError(f"{continue_run} is not a run of this cell; cannot continue it")
+        record = RunRecord.reopen(Path(continue_run))
+    elif resume:
+        found = cells.find_records(spec.runs_dir, identity)
+        if found.finished is not None:
+            return RunResult(found.finished.path, _read_metrics(found.finished.path), None, already_finished=True)
+        if found.latest is not None:
+            record = RunRecord.reopen(found.latest.path)  # refuses a run another process is running
+    resumed = record is not None
+    if record is None:
+        record = RunRecord.create(spec.runs_dir, spec.method, spec.dataset, spec.seed, full_config)
+    if on_record is not None:
+        on_record(record.path)
+    try:
+        metrics, row_facts = _execute_phases(spec, p, record)
+        board = None
+        if spec.leaderboard_dir is not None:
+            board = _publish(spec, p, record, metrics, row_facts)
+        record.finish(metrics=metrics)
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        message = str(exc) if isinstance(exc, DcbenchError) else f"{type(exc).__name__}: {exc}"
+        record.fail(message if str(exc) else type(exc).__name__, status="interrupted" if interrupted else "failed")
+        raise
+    (record.path / TRAINING_STATE).unlink(missing_ok=True)  # the weights are in checkpoint.pt
+    return RunResult(record.path, metrics, board, resumed=resumed)
 
 
-def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any], float]:
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_metrics(run_dir: Path) -> dict[str, float]:
+    return _read_json(run_dir / "metrics.json")
+
+
+def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float],
+             row_facts: dict[str, Any]) -> Path:
+    """Append the run's row (and its seed-0 figures) to the dataset's leaderboard."""
+    assert spec.leaderboard_dir is not None
+    row = {"method": spec.method, "dataset": spec.dataset, "preset": p.label, "seed": spec.seed,
+           "metrics": metrics, "directions": {c: d for m in p.metrics for c, d in m.columns.items()},
+           **row_facts, "run": str(record.path),
+           "finished_at": utc_now(), "dcbench": record.provenance["environment"]["dcbench"],
+           "git_commit": record.provenance["environment"]["dcbench_git_commit"],
+           "generative": p.method_cls.generative,
+           # What `dcbench reproduce` needs to rerun this row exactly.
+           "spec": {"preset": spec.preset, "epochs": spec.epochs, "overrides": spec.overrides,
+                    "metrics": [m.name for m in p.metrics]}}
+    leaderboard.publish_figures(spec.leaderboard_dir, row, record.path / "figures")
+    return leaderboard.append_row(spec.leaderboard_dir, spec.dataset, row, p.dataset_cls.reported,
+                                  p.dataset_cls.reported_source)
+
+
+def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any]]:
     with record.phase("load_data"):
         dataset = p.dataset_cls(data_root=spec.data_root, **dataset_options(p.data_settings))
-        data = dataset.load(spec.seed)
+        try:
+            data = dataset.load(spec.seed)
+        except ValueError as exc:  # e.g. Split's shape checks: a plugin handed over unusable arrays
+            raise DataError(f"dataset '{spec.dataset}' produced unusable data: {exc}; fix the dataset plugin "
+                            "or its input files") from exc
         data = dataclasses.replace(data, train=subsample(data.train, p.data_settings["data.train_size"], spec.seed),
                                    test=subsample(data.test, p.data_settings["data.test_size"], spec.seed))
         check_data(data, p.dataset_cls)
     with record.phase("build"):
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)
+        method.training_state = record.path / TRAINING_STATE
     record.provenance["environment"] = environment()
     record.provenance["device"] = method.device
     record.provenance["data"] = {"train_size": len(data.train), "test_size": len(data.test),
                                  **data.provenance}
-    progress = EpochProgress(int(p.config["epochs"]), f"{spec.method} on {spec.dataset}")
+    progress = EpochProgress(int(p.config["epochs"]), f"{spec.method} on {spec.dataset}", record)
     try:
         with record.phase("train"):
             method.fit(data.train, progress)
     finally:
         progress.close()
-        record.provenance["loss_history"] = progress.history
     with record.phase("checkpoint"):
         with atomic.atomic_path(record.path / "checkpoint.pt") as tmp:
             method.save(tmp)
@@ -177,5 +276,4 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
                           spec.seed)
     budget = {"epochs": p.config["epochs"], "train_size": len(data.train),
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
-    record.finish(metrics=metrics)
-    return metrics, budget, record.provenance["phases_s"]["train"]
+    return metrics, {"budget": budget, "train_seconds": record.provenance["phases_s"]["train"]}

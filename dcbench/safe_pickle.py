@@ -72,7 +72,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         except KeyError:
             raise DataError(
                 f"refused to load {self._source}: the pickle asks for '{module}.{name}', "
-                "but only plain numpy arrays may be loaded; the file is not what it claims to be"
+                "but only plain numpy arrays may be loaded; the file is not what it claims to be: do not use "
+                "it, and fetch it again from its original source"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:

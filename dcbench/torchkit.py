@@ -19,8 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcbench.api import Codes, Method
+from dcbench import atomic
+from dcbench.api import Codes, EpochCallback, Method
 from dcbench.errors import DcbenchError
+
+TRAINING_STATE_FORMAT = 1
 
 
 def resolve_device(device: str) -> str:
@@ -137,10 +140,12 @@ class TorchMethod(Method, abc.ABC):
     """A Method whose state is one nn.Module (`self.model`) built by `build_model`.
 
     Subclasses implement `build_model`, `fit` and `encode_tensor`; this class handles devices,
-    batched encoding to numpy, and safe state files (weights only, loaded with weights_only=True).
+    batched encoding to numpy, safe state files (weights only, loaded with weights_only=True),
+    and resumable training: a fit() that loops through `run_epochs` checkpoints every epoch.
     """
 
     encode_batch_size = 500
+    resumable = True
 
     def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:
         super().__init__(config, input_shape, resolve_device(device), seed)
@@ -174,6 +179,51 @@ class TorchMethod(Method, abc.ABC):
             meter.add(terms)
         return meter.means()
 
+    def run_epochs(self, train_one_epoch: Callable[[int], dict[str, float]], on_epoch: EpochCallback,
+                   optimizer: torch.optim.Optimizer, scheduler: Any | None = None) -> None:
+        """The epoch loop of fit(): train_one_epoch(epoch) -> loss means, then the scheduler's
+        step, then on_epoch. After every epoch the whole training state (weights, optimiser,
+        scheduler, every random generator, epochs done) is written atomically to
+        `self.training_state`; when that file exists at the start, training continues after
+        its last epoch and ends where an uninterrupted run would have."""
+        start = self.restore_training_state(optimizer, scheduler)
+        for epoch in range(start, int(self.config["epochs"])):
+            means = train_one_epoch(epoch)
+            if scheduler is not None:
+                scheduler.step()
+            on_epoch(epoch, means)  # raises on a non-finite loss: no checkpoint of a diverged model
+            self.store_training_state(epoch + 1, optimizer, scheduler)
+
+    def store_training_state(self, epochs_done: int, optimizer: torch.optim.Optimizer,
+                             scheduler: Any | None) -> None:
+        if self.training_state is None:
+            return
+        state = {"format": TRAINING_STATE_FORMAT, "epochs_done": epochs_done,
+                 "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": None if scheduler is None else scheduler.state_dict(),
+                 "rng": capture_rng_state(self.generator)}
+        atomic.write_with(self.training_state, lambda handle: torch.save(state, handle))
+
+    def restore_training_state(self, optimizer: torch.optim.Optimizer, scheduler: Any | None) -> int:
+        """Load `self.training_state` if it exists; return the number of epochs it has done."""
+        path = self.training_state
+        if path is None or not Path(path).exists():
+            return 0
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            if state.get("format") != TRAINING_STATE_FORMAT:
+                raise ValueError(f"format {state.get('format')!r}, expected {TRAINING_STATE_FORMAT}")
+            self.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state["scheduler"] is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            restore_rng_state(state["rng"], self.generator)
+        except Exception as exc:
+            reason = (str(exc).strip().splitlines() or [""])[0]  # torch's own messages run to many lines
+            raise DcbenchError(f"cannot continue from the training state {path}: {type(exc).__name__}: {reason}; "
+                               "delete it to train this run from the start") from exc
+        return int(state["epochs_done"])
+
     def to_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
 
@@ -195,3 +245,28 @@ class TorchMethod(Method, abc.ABC):
             self.model.load_state_dict(state["model"])
         except Exception as exc:
             raise DcbenchError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def capture_rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random generator training may draw from, as tensors and plain Python values (so
+    that the file loads with torch.load(weights_only=True))."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+                             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                                       "position": int(position), "has_gauss": int(has_gauss),
+                                       "cached_gaussian": float(cached)},
+                             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

@@ -25,7 +25,9 @@ def install_example_plugin(target: Path) -> Path:
 def write_distribution(site: Path, dist: str, version: str, entry_name: str, module: str, source: str) -> None:
     """A minimal installed distribution: a module plus a .dist-info with an entry point."""
     (site / f"{module}.py").write_text(textwrap.dedent(source))
-    info = site / f"{dist}-{version}.dist-info"
+    # The folder name carries the normalised name (dashes as underscores), as pip writes it:
+    # importlib.metadata would read "dcbench-broken-0.1" as distribution "dcbench", version "broken-0.1".
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
     (info / "entry_points.txt").write_text(f"[dcbench]\n{entry_name} = {module}\n")

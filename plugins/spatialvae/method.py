@@ -224,12 +224,15 @@ class SpatialVAE(TorchMethod):
             retain_freed_memory()
         data = self.to_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
-        for epoch in range(int(cfg["epochs"])):
+
+        def train_one_epoch(epoch: int) -> dict[str, float]:
             self.model.train()
             meter = LossMeter()
             for index in minibatches(len(data), int(cfg["batch_size"]), self.generator):
                 meter.add(self.train_step(data[index.to(self.device)], optimizer))
-            on_epoch(epoch, meter.means())
+            return meter.means()
+
+        self.run_epochs(train_one_epoch, on_epoch, optimizer)
 
     # ----------------------------------------------------------------------------- readout
     def transformation_code(self, mu: torch.Tensor) -> torch.Tensor:

@@ -197,8 +197,7 @@ class VITAE(TorchMethod):
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:
         data = self.to_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(self.config["lr"]))
-        for epoch in range(int(self.config["epochs"])):
-            on_epoch(epoch, self.train_epoch(data, optimizer, epoch))
+        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer, epoch), on_epoch, optimizer)
 
     # ----------------------------------------------------------------------------- readout
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
