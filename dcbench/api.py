@@ -164,8 +164,10 @@ class Method(abc.ABC):
     # start of fit(). `dcbench run --resume` and sweeps then pick a killed run up where it
     # stopped; other methods restart training from scratch in the same run folder.
     resumable: ClassVar[bool] = False
-    # Set by the runner before fit(): the run folder's training-state file.
+    # Set by the runner before fit(): the run folder's training-state file, and the least time
+    # between two writes of it (0: after every epoch; the last epoch is always written).
     training_state: Path | None = None
+    training_state_interval_s: float = 0.0
 
     @classmethod
     @abc.abstractmethod

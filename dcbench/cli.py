@@ -59,11 +59,14 @@ def list_command(kind: str | None) -> None:
 @click.option("--leaderboard-dir", type=click.Path(path_type=Path), default=Path("leaderboards"),
               show_default=True, help="Where leaderboards are written.")
 @click.option("--no-leaderboard", is_flag=True, help="Do not add this run to the leaderboard.")
+@click.option("--checkpoint-every", "checkpoint_every", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              metavar="SECONDS", help="Save the training state (for --resume) at most this often; 0: every epoch.")
 @click.option("--resume", is_flag=True, help="Finish this cell: continue its latest unfinished run (killed, "
               "interrupted or failed) from its last epoch checkpoint, or do nothing if it has a finished run.")
 def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, preset: str,
                 epochs: int | None, device: str, assignments: tuple[str, ...], data_root: Path | None,
-                runs_dir: Path, leaderboard_dir: Path, no_leaderboard: bool, resume: bool) -> None:
+                runs_dir: Path, leaderboard_dir: Path, no_leaderboard: bool, checkpoint_every: float,
+                resume: bool) -> None:
     """Train METHOD on DATASET, score it, record the run and update the leaderboard."""
     from dcbench.config import RunSpec, parse_assignments
     from dcbench.registry import get_registry
@@ -72,7 +75,7 @@ def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, 
     spec = RunSpec(method=method, dataset=dataset, metrics=list(metrics), seed=seed, preset=preset,
                    epochs=epochs, device=device, overrides=parse_assignments(assignments),
                    data_root=data_root, runs_dir=runs_dir,
-                   leaderboard_dir=None if no_leaderboard else leaderboard_dir)
+                   leaderboard_dir=None if no_leaderboard else leaderboard_dir, checkpoint_every_s=checkpoint_every)
     registry = get_registry()
     _report_problems(registry)
     try:
@@ -118,11 +121,14 @@ def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, 
               type=click.Choice(["only-missing", "always", "never"]),
               help="What to do with cells that have records: only-missing skips finished cells and continues "
                    "unfinished ones; always reruns all; never leaves any cell with a record alone.")
+@click.option("--checkpoint-every", "checkpoint_every", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              metavar="SECONDS", help="Save the training state (for --resume) at most this often; 0: every epoch.")
 @click.option("--dry-run", is_flag=True, help="Print what each cell would do and stop.")
 def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: str, metrics: tuple[str, ...],
                   preset: str, epochs: int | None, device: str, assignments: tuple[str, ...], data_root: Path | None,
                   runs_dir: Path, leaderboard_dir: Path, no_leaderboard: bool, executor: str,
-                  executor_options: tuple[str, ...], jobs: int, retries: int, overwrite: str, dry_run: bool) -> None:
+                  executor_options: tuple[str, ...], jobs: int, retries: int, overwrite: str, checkpoint_every: float,
+                  dry_run: bool) -> None:
     """Run every METHOD x DATASET x SEED cell, skipping finished cells, continuing unfinished
     ones, retrying failures; one progress bar over cells and a summary table at the end."""
     import time
@@ -135,7 +141,8 @@ def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: st
     _report_problems(registry)
     template = RunSpec(method="", dataset="", metrics=sweep.split_names(metrics), preset=preset, epochs=epochs,
                        device=device, overrides=parse_assignments(assignments), data_root=data_root,
-                       runs_dir=runs_dir, leaderboard_dir=None if no_leaderboard else leaderboard_dir)
+                       runs_dir=runs_dir, leaderboard_dir=None if no_leaderboard else leaderboard_dir,
+                       checkpoint_every_s=checkpoint_every)
     executor_cls = registry.load("executor", executor)
     cells = sweep.plan_cells(sweep.split_names(methods), sweep.split_names(datasets), sweep.parse_seeds(seeds),
                              template, overwrite, registry)

@@ -29,6 +29,9 @@ class RunSpec:
     data_root: Path | None = None
     runs_dir: Path = Path("runs")
     leaderboard_dir: Path | None = Path("leaderboards")
+    # The training state is rewritten at most this often (and after the last epoch); 0: every
+    # epoch. A 3D DualContrast state is ~2 GB, which costs seconds to write.
+    checkpoint_every_s: float = 60.0
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:

@@ -46,9 +46,10 @@ def spec_from_label(label: str) -> dict[str, Any]:
 
 def cells_from_rows(rows: list[dict[str, Any]], presets: list[str] | None = None,
                     methods: list[str] | None = None) -> list[Cell]:
-    """The distinct (method, preset label, seed) cells of a leaderboard, optionally filtered."""
+    """The distinct (method, preset label, seed) cells of a leaderboard, optionally filtered;
+    a cell run more than once is rerun as its newest row (the one the page shows)."""
     cells: dict[tuple[str, str, int], Cell] = {}
-    for row in rows:
+    for row in leaderboard.latest_rows(rows):
         if presets and row["preset"] not in presets or methods and row["method"] not in methods:
             continue
         spec = row.get("spec") or spec_from_label(row["preset"])

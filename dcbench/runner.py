@@ -247,6 +247,7 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
     with record.phase("build"):
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)
         method.training_state = record.path / TRAINING_STATE
+        method.training_state_interval_s = spec.checkpoint_every_s
     record.provenance["environment"] = environment()
     record.provenance["device"] = method.device
     record.provenance["data"] = {"train_size": len(data.train), "test_size": len(data.test),

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import random
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -182,17 +183,22 @@ class TorchMethod(Method, abc.ABC):
     def run_epochs(self, train_one_epoch: Callable[[int], dict[str, float]], on_epoch: EpochCallback,
                    optimizer: torch.optim.Optimizer, scheduler: Any | None = None) -> None:
         """The epoch loop of fit(): train_one_epoch(epoch) -> loss means, then the scheduler's
-        step, then on_epoch. After every epoch the whole training state (weights, optimiser,
+        step, then on_epoch. After an epoch the whole training state (weights, optimiser,
         scheduler, every random generator, epochs done) is written atomically to
-        `self.training_state`; when that file exists at the start, training continues after
-        its last epoch and ends where an uninterrupted run would have."""
+        `self.training_state` (at most every `training_state_interval_s`, and after the last
+        epoch); when that file exists at the start, training continues after its last epoch and
+        ends where an uninterrupted run would have."""
         start = self.restore_training_state(optimizer, scheduler)
-        for epoch in range(start, int(self.config["epochs"])):
+        epochs = int(self.config["epochs"])
+        last_stored = time.monotonic()
+        for epoch in range(start, epochs):
             means = train_one_epoch(epoch)
             if scheduler is not None:
                 scheduler.step()
             on_epoch(epoch, means)  # raises on a non-finite loss: no checkpoint of a diverged model
-            self.store_training_state(epoch + 1, optimizer, scheduler)
+            if epoch + 1 == epochs or time.monotonic() - last_stored >= self.training_state_interval_s:
+                self.store_training_state(epoch + 1, optimizer, scheduler)
+                last_stored = time.monotonic()
 
     def store_training_state(self, epochs_done: int, optimizer: torch.optim.Optimizer,
                              scheduler: Any | None) -> None:

@@ -81,7 +81,7 @@ def test_a_corrupt_training_state_is_one_clear_error(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the real command
 ARGS = ["run", "-m", "dualcontrast", "-d", "digits", "--epochs", "10", "--set", "data.train_size=200",
-        "--set", "data.test_size=100", "--metric", "dscore", "--device", "cpu"]
+        "--set", "data.test_size=100", "--metric", "dscore", "--device", "cpu", "--checkpoint-every", "0"]
 
 
 def dcbench(args: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
