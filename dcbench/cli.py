@@ -165,8 +165,11 @@ def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: st
         if cell.action == "refuse":
             click.echo(f"refused: {cell.label}: {cell.reason}", err=True)
     started = time.perf_counter()
+    from dcbench.runner import sigterm_as_interrupt
+
     try:
-        sweep.run_cells(cells, runner, folder, retries)
+        with sigterm_as_interrupt():  # stopping the sweep stops its cells, whose records say "interrupted"
+            sweep.run_cells(cells, runner, folder, retries)
     finally:
         header["seconds"] = round(time.perf_counter() - started, 1)
         sweep.write_summary(folder, cells, header)

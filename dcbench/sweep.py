@@ -40,7 +40,7 @@ class Cell:
     action: str  # run | continue | skip | refuse
     reason: str = ""
     continue_run: Path | None = None
-    status: str = "pending"  # finished | skipped | failed | refused at the end
+    status: str = "pending"  # finished | skipped | failed | refused, or stopped if the sweep was
     attempts: int = 0
     seconds: float = 0.0
     run_dir: str | None = None
@@ -170,6 +170,9 @@ def run_cells(cells_: list[Cell], executor: Executor, folder: Path, retries: int
             todo = failed
     finally:
         bar.close()
+        for cell in cells_:  # the sweep was stopped: rerunning the same command continues these
+            if cell.status == "pending":
+                cell.status = "stopped"
     return cells_
 
 
