@@ -137,14 +137,21 @@ class Dataset(abc.ABC):
 
 @dataclass
 class Codes:
-    """Content and transformation codes of a set of inputs, one row per input."""
+    """Content and transformation codes of a set of inputs, one row per input.
+
+    A method without continuous codes (a classifier such as Hydra) returns zero-width arrays,
+    shape (N, 0), and its class per input in `assignments`; metrics that need codes then report
+    "not applicable" (NaN), and clustering metrics use the assignments instead of k-means."""
 
     content: np.ndarray
     transformation: np.ndarray
+    assignments: np.ndarray | None = None  # (N,) int: the method's own class of each input
 
     def __post_init__(self) -> None:
         if len(self.content) != len(self.transformation):
             raise ValueError("content and transformation codes have different lengths")
+        if self.assignments is not None and len(self.assignments) != len(self.content):
+            raise ValueError("assignments and codes have different lengths")
 
 
 class Method(abc.ABC):
@@ -168,6 +175,17 @@ class Method(abc.ABC):
     # between two writes of it (0: after every epoch; the last epoch is always written).
     training_state: Path | None = None
     training_state_interval_s: float = 0.0
+    # True for methods that, like Hydra, assign classes only to the inputs they trained on and
+    # cannot encode new ones. The runner then fits on the train and test inputs together (one
+    # Split, train rows first, labels withheld as -1: no method learns from labels, so seeing
+    # the test inputs this way leaks nothing a clustering method may not use) and encode() is
+    # only asked for rows of those same inputs.
+    transductive: ClassVar[bool] = False
+    # Set by the runner before fit(): facts about the data beyond the inputs, for methods that
+    # model the instrument or need a class count: "ctf" (DataBundle.ctf or None), "voxel" (Å per
+    # voxel/pixel where known, else None) and "n_classes" (how many content classes the data
+    # have, as k for clustering; never any input's label).
+    data_facts: dict[str, Any] = {}  # the runner assigns a new dict; never mutate this one
 
     @classmethod
     @abc.abstractmethod
@@ -178,6 +196,12 @@ class Method(abc.ABC):
     @classmethod
     def supports(cls, input_shape: tuple[int, ...]) -> str | None:
         """None if the method can run on inputs of this shape, else a reason why not."""
+        return None
+
+    @classmethod
+    def check_ready(cls, config: dict[str, Any]) -> None:
+        """Raise DcbenchError (one line) if the method cannot run here with this configuration,
+        e.g. an external program it drives is missing. The runner calls it before any work."""
         return None
 
     def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:

@@ -1,7 +1,8 @@
 """The figures every run leaves in its `figures/` folder.
 
 - content_embedding.png: a 2D embedding of the test content codes coloured by content class and,
-  where the dataset has conformation labels, a second panel of the same points by conformation.
+  where the dataset has conformation labels, a second panel of the same points by conformation;
+  none for zero-width content codes (methods such as Hydra that only assign classes).
 - transfer_grid.png (generative methods): Dec(c, z) swapped across one test input per class;
   volumes show their central slice.
 - volume_montage.png (volumes): slice-by-slice montage of one test input per class and, for
@@ -26,7 +27,8 @@ def write_run_figures(method: Method, data: DataBundle, test_codes: Codes, folde
     panels = [(f"{title}: test content codes by class", test.content, data.class_names)]
     if test.conformation is not None:
         panels.append(("... and by conformation", test.conformation, data.conformation_names))
-    embedding_panels(test_codes.content, panels, folder / "content_embedding.png", seed)
+    if test_codes.content.shape[1] > 0:  # zero-width: nothing to embed
+        embedding_panels(test_codes.content, panels, folder / "content_embedding.png", seed)
     if method.generative:
         transfer_grid(method, test, folder / "transfer_grid.png")
     if test.x.ndim == 5:

@@ -60,6 +60,7 @@ def plan(spec: RunSpec, registry: Registry) -> Plan:
     defaults = method_cls.default_config(spec.preset, tuple(dataset_cls.shape))
     config, data_settings = resolve_method_config(defaults, spec.overrides, spec.epochs, spec.method,
                                                  dict(dataset_cls.option_defaults))
+    method_cls.check_ready(config)  # e.g. an external program that is not installed: refuse before any work
     return Plan(method_cls, dataset_cls, metrics, config, data_settings,
                 preset_label(spec.preset, spec.overrides, spec.epochs))
 
@@ -71,6 +72,20 @@ def subsample(split: Split, size: int, seed: int) -> Split:
     idx = np.sort(np.random.default_rng(seed).choice(len(split), size=size, replace=False))
     pick = lambda a: None if a is None else a[idx]  # noqa: E731
     return Split(split.x[idx], split.content[idx], pick(split.conformation), pick(split.transform_params))
+
+
+def transductive_split(data: DataBundle) -> Split:
+    """Train and test inputs as one split, train rows first, for methods that only label the
+    inputs they trained on. Labels are withheld (-1): methods never learn from labels, and this
+    keeps it so for the test inputs."""
+    x = np.concatenate([data.train.x, data.test.x])
+    return Split(x, np.full(len(x), -1, dtype=np.int64))
+
+
+def data_facts(data: DataBundle) -> dict[str, Any]:
+    """What Method.data_facts holds: facts about the data beyond the inputs, never labels."""
+    voxel = data.references.voxel if data.references is not None else None
+    return {"ctf": dict(data.ctf) if data.ctf else None, "voxel": voxel, "n_classes": data.n_classes}
 
 
 def check_data(data: DataBundle, dataset: type[Dataset]) -> None:
@@ -141,6 +156,9 @@ def save_codes(path: Path, train: Codes, test: Codes, data: DataBundle) -> None:
     arrays = {"train_content": train.content, "train_transformation": train.transformation,
               "train_labels": data.train.content, "test_content": test.content,
               "test_transformation": test.transformation, "test_labels": data.test.content}
+    for name, codes in (("train", train), ("test", test)):
+        if codes.assignments is not None:  # a method's own classes (e.g. Hydra's)
+            arrays[f"{name}_assignments"] = codes.assignments
     if data.test.conformation is not None:
         arrays["test_conformation"] = data.test.conformation
     atomic.write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
@@ -248,14 +266,16 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)
         method.training_state = record.path / TRAINING_STATE
         method.training_state_interval_s = spec.checkpoint_every_s
+        method.data_facts = data_facts(data)
     record.provenance["environment"] = environment()
     record.provenance["device"] = method.device
     record.provenance["data"] = {"train_size": len(data.train), "test_size": len(data.test),
                                  **data.provenance}
     progress = EpochProgress(int(p.config["epochs"]), f"{spec.method} on {spec.dataset}", record)
+    fit_split = transductive_split(data) if p.method_cls.transductive else data.train
     try:
         with record.phase("train"):
-            method.fit(data.train, progress)
+            method.fit(fit_split, progress)
     finally:
         progress.close()
     with record.phase("checkpoint"):
@@ -275,6 +295,6 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
 
         write_run_figures(method, data, test_codes, record.path / "figures", f"{spec.method} on {spec.dataset}",
                           spec.seed)
-    budget = {"epochs": p.config["epochs"], "train_size": len(data.train),
+    budget = {"epochs": p.config["epochs"], "train_size": len(fit_split),  # train + test for transductive methods
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
     return metrics, {"budget": budget, "train_seconds": record.provenance["phases_s"]["train"]}

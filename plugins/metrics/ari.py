@@ -10,6 +10,11 @@
   object is, not of its pose. NaN when the dataset has no conformation labels.
 
 k-means: scikit-learn's KMeans, 10 initialisations, seeded with the run's seed.
+
+Methods that assign classes themselves (Codes.assignments, e.g. Hydra) are scored on those
+classes instead of k-means clusters for ARI(composition); ARI(conformation) then needs
+conformation codes and is NaN for methods with zero-width codes, as is everything for a method
+with neither codes nor assignments.
 """
 
 from __future__ import annotations
@@ -38,12 +43,22 @@ class ARI(Metric):
     columns = {"ARI(composition)": "max", "ARI(conformation)": "max"}
 
     def compute(self, inputs: MetricInput) -> dict[str, float]:
+        from sklearn.metrics import adjusted_rand_score
+
         test, codes, seed = inputs.data.test, inputs.test_codes, inputs.seed
-        scores = {"ARI(composition)": cluster_ari(codes.content, test.content, seed), "ARI(conformation)": math.nan}
+        if codes.assignments is not None:  # the method's own classes, not k-means on its codes
+            composition = float(adjusted_rand_score(test.content, codes.assignments))
+        elif codes.content.shape[1] == 0:
+            composition = math.nan
+        else:
+            composition = cluster_ari(codes.content, test.content, seed)
+        scores = {"ARI(composition)": composition, "ARI(conformation)": math.nan}
         if test.conformation is None:
             return scores
         which = getattr(inputs.method, "conformation_code", "content")
         conformation_codes = codes.transformation if which == "transformation" else codes.content
+        if conformation_codes.shape[1] == 0:  # no codes to cluster (an assignment-only method)
+            return scores
         per_composition = []
         for k in np.unique(test.content):
             members = test.content == k

@@ -2,11 +2,12 @@
 
 D(c|c): logistic regression trained on the train split's content codes, accuracy on the test
 split's content codes (higher is better). D(c|z): the same from transformation codes (lower
-is better: z should not tell the class).
+is better: z should not tell the class). NaN for a zero-width code (a method without one).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -21,6 +22,8 @@ def linear_probe_accuracy(train_codes: np.ndarray, train_labels: np.ndarray, tes
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
+    if train_codes.shape[1] == 0:  # no code to probe (e.g. a method that only assigns classes)
+        return math.nan
     probe = LogisticRegression(max_iter=1000, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

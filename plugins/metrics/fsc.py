@@ -15,12 +15,17 @@ mean and the minimum AUC-FSC over clusters. dcbench does the same automatically 
 6. the FSC between the aligned average and that map, and its AUC over normalised frequency
    [0, 0.5] (`fourier_shell.auc_fsc`: a perfect match scores 0.5).
 
+A method that assigns classes itself (Codes.assignments, e.g. Hydra) is scored on its classes
+instead of step 1's k-means clusters: every class it uses is a cluster, and if it uses fewer than
+k classes the missing ones count as empty clusters (0), as collapsed k-means clusters do.
+
 AUC-FSC(mean) and AUC-FSC(min) are over clusters. An empty cluster scores 0 (it reconstructs
 nothing; k-means leaves one empty only when codes collapse to fewer distinct points than
 compositions), so collapsed codes are penalised rather than skipped. Not applicable (NaN) without
-reference maps or for inputs that are not volumes. The mean of the average (its k = 0 term) is not
-measurable from z-scored or CTF-filtered particles, so the average takes the map's mean before the
-FSC: shell 0 always agrees. No missing-wedge compensation.
+reference maps, for inputs that are not volumes, or for zero-width content codes without
+assignments. The mean of the average (its k = 0 term) is not measurable from z-scored or
+CTF-filtered particles, so the average takes the map's mean before the FSC: shell 0 always
+agrees. No missing-wedge compensation.
 """
 
 from __future__ import annotations
@@ -63,12 +68,19 @@ class FSC(Metric):
             raise ValueError(f"reference maps of shape {maps.shape[1:]} do not match particles of shape "
                              f"{particles.shape[1:]}")
         k = len(np.unique(data.test.content))
-        if len(particles) < k:
+        codes = inputs.test_codes
+        if len(particles) < k or (codes.assignments is None and codes.content.shape[1] == 0):
             return not_applicable
-        clusters = _kmeans(inputs.test_codes.content, k, seed)
+        if codes.assignments is not None:
+            clusters = np.asarray(codes.assignments)
+            cluster_ids = [int(c) for c in np.unique(clusters)]  # the method's classes
+        else:
+            clusters = _kmeans(codes.content, k, seed)
+            cluster_ids = list(range(k))
         rng = np.random.default_rng(seed)
-        scores, shown = [], []
-        for cluster in range(k):
+        # fewer classes than compositions: the missing ones are empty clusters, scored 0
+        scores, shown = [0.0] * max(0, k - len(cluster_ids)), []
+        for index, cluster in enumerate(cluster_ids):
             members = np.flatnonzero(clusters == cluster)
             if len(members) == 0:
                 scores.append(0.0)
@@ -76,7 +88,7 @@ class FSC(Metric):
             if len(members) > self.max_particles:
                 members = np.sort(rng.choice(members, self.max_particles, replace=False))
             score, best, aligned = self.cluster_score(particles[members], maps, data.references.voxel, data.ctf,
-                                                      seed + cluster)
+                                                      seed + index)
             scores.append(score)
             shown += [aligned, maps[best]]
         if inputs.figures_dir is not None and shown:

@@ -4,7 +4,8 @@ For each single dimension i of the content code, S[i] is the test accuracy of a 
 (LinearSVC, C = 0.01, balanced class weights, as in disentanglement_lib for discrete factors)
 trained on that one dimension of the train codes to predict the content class. SAP(c) is the
 gap between the best and the second-best dimension: high when one dimension alone carries the
-class. With one factor (the content class) there is nothing further to average over.
+class. With one factor (the content class) there is nothing further to average over. NaN for
+content codes of fewer than two dimensions (zero-width: a method that only assigns classes).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class SAP(Metric):
 
     def compute(self, inputs: MetricInput) -> dict[str, float]:
         train_codes, train_labels = inputs.train_codes.content, inputs.data.train.content
+        if train_codes.shape[1] < 2:  # no gap to measure
+            return {"SAP(c)": math.nan}
         if len(train_codes) > self.max_train:
             keep = np.random.default_rng(inputs.seed).choice(len(train_codes), self.max_train, replace=False)
             train_codes, train_labels = train_codes[keep], train_labels[keep]

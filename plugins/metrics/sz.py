@@ -9,7 +9,8 @@ information beyond rotation). dcbench's operationalisation (docs/metrics.md):
 
 If z only encodes the rotation, both codes point the same way and S(z) = 1; if z also carries
 content or style, the two inputs' codes differ and S(z) falls. A code of all zeros counts as
-identical to another all-zero code (|cos| = 1), so a collapsed z scores 1 either way.
+identical to another all-zero code (|cos| = 1), so a collapsed z scores 1 either way. NaN for a
+zero-width z (a method without transformation codes; such methods need not encode new inputs).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class SZ(Metric):
         test = inputs.data.test
         rng = np.random.default_rng(inputs.seed)
         n = len(test)
-        if n < 2:
+        codes = inputs.test_codes
+        if n < 2 or (codes is not None and codes.transformation.shape[1] == 0):
             return {"S(z)": math.nan}
         first = rng.integers(0, n, self.pairs)
         second = (first + rng.integers(1, n, self.pairs)) % n  # never the same input
