@@ -199,7 +199,7 @@ def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = Fals
     elif resume:
         found = cells.find_records(spec.runs_dir, identity)
         if found.finished is not None:
-            return RunResult(found.finished.path, _read_metrics(found.finished.path), None, already_finished=True)
+            return RunResult(found.finished.path, read_metrics(found.finished.path), None, already_finished=True)
         if found.latest is not None:
             record = RunRecord.reopen(found.latest.path)  # refuses a run another process is running
     resumed = record is not None
@@ -229,8 +229,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _read_metrics(run_dir: Path) -> dict[str, float]:
-    return _read_json(run_dir / "metrics.json")
+def read_metrics(run_dir: Path) -> dict[str, float]:
+    """A finished run's metrics.json ({} if it is missing or unreadable)."""
+    return _read_json(Path(run_dir) / "metrics.json")
 
 
 def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float],

@@ -133,11 +133,13 @@ def run_cells(cells_: list[Cell], executor: Executor, folder: Path, retries: int
     failed attempt's run folder), with one progress bar over all cells."""
     from tqdm.auto import tqdm
 
+    from dcbench.runner import read_metrics
+
     by_index = {cell.index: cell for cell in cells_}
     for cell in cells_:
         if cell.action == "skip":
             cell.status = "skipped"
-            cell.metrics = _read_metrics(cell.run_dir)
+            cell.metrics = read_metrics(Path(cell.run_dir)) if cell.run_dir else {}
         elif cell.action == "refuse":
             cell.status, cell.error = "refused", cell.reason
     todo = [cell for cell in cells_ if cell.action in ("run", "continue")]
@@ -197,17 +199,6 @@ def _unfinished_run(cell: Cell) -> Path | None:
         return None
     latest = found.latest
     return latest.path if latest is not None and latest.state in ("failed", "interrupted") else None
-
-
-def _read_metrics(run_dir: str | None) -> dict[str, float]:
-    import json
-
-    if not run_dir:
-        return {}
-    try:
-        return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def plan_table(cells_: list[Cell]) -> str:
