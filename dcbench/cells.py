@@ -8,12 +8,11 @@ A cell is identified by what decides its numbers: method, dataset, seed, the bud
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dcbench.records import is_live
+from dcbench.records import is_live, read_json_or_none
 
 # What a record's provenance status means for the cell; "running" records whose process has
 # died (no one holds their lock) count as interrupted.
@@ -69,9 +68,8 @@ class CellRecords:
 
 def read_state(path: Path) -> RecordState | None:
     """A run folder's state, or None if its files are missing or unreadable."""
-    try:
-        provenance = json.loads((path / "provenance.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    provenance = read_json_or_none(path / "provenance.json")
+    if not isinstance(provenance, dict):
         return None
     status = provenance.get("status")
     if status == "running" and not is_live(path):
@@ -86,11 +84,8 @@ def find_records(runs_dir: Path, identity: dict[str, Any]) -> CellRecords:
     folder = Path(runs_dir) / identity["dataset"] / identity["method"]
     found = []
     for path in sorted(folder.glob("*/config.json")) if folder.is_dir() else []:
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if identity_of_config(config) != identity:
+        config = read_json_or_none(path)
+        if not isinstance(config, dict) or identity_of_config(config) != identity:
             continue
         state = read_state(path.parent)
         if state is not None:

@@ -193,6 +193,15 @@ def is_live(path: Path) -> bool:
     return False
 
 
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file's content, or None if it is missing or unreadable (a record another process
+    is rewriting, a folder that is not a run's)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -19,7 +18,7 @@ from dcbench import atomic, cells, leaderboard
 from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, Split
 from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
 from dcbench.errors import DataError, DcbenchError, TrainingDiverged
-from dcbench.records import RunRecord, environment, utc_now
+from dcbench.records import RunRecord, environment, read_json_or_none, utc_now
 from dcbench.registry import Registry, get_registry
 
 TRAINING_STATE = "train_state.pt"
@@ -193,7 +192,8 @@ def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = Fals
     record = None
     if continue_run is not None:
         state = cells.read_state(Path(continue_run))
-        if state is None or cells.identity_of_config(_read_json(Path(continue_run) / "config.json")) != identity:
+        config = read_json_or_none(Path(continue_run) / "config.json")
+        if state is None or not isinstance(config, dict) or cells.identity_of_config(config) != identity:
             raise DcbenchError(f"{continue_run} is not a run of this cell; cannot continue it")
         record = RunRecord.reopen(Path(continue_run))
     elif resume:
@@ -222,16 +222,10 @@ def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = Fals
     return RunResult(record.path, metrics, board, resumed=resumed)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 def read_metrics(run_dir: Path) -> dict[str, float]:
     """A finished run's metrics.json ({} if it is missing or unreadable)."""
-    return _read_json(Path(run_dir) / "metrics.json")
+    metrics = read_json_or_none(Path(run_dir) / "metrics.json")
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float],
