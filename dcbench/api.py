@@ -10,7 +10,7 @@ import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 
@@ -19,6 +19,19 @@ Direction = Literal["max", "min"]
 # Called by a method once per epoch (or per logging step) with the epoch index and the mean of
 # each loss term; the runner turns it into a progress bar and checks the numbers are finite.
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class StepProgress(Protocol):
+    """Progress within epochs, which the runner installs as `Method.step_progress` before fit().
+    Reporting is optional; a method that reports lets the run show an early estimate of its
+    duration and a bar that moves during long epochs. TorchMethod's run_epochs and
+    optimise_epoch report for you. Both calls are cheap (they read a clock, never a device)."""
+
+    def epoch_started(self, epoch: int) -> None:
+        """Epoch `epoch` (0-based; after a resume, the first epoch not yet trained) begins."""
+
+    def step_done(self, step: int, steps_per_epoch: int) -> None:
+        """Optimiser step `step` (0-based, within the epoch) of `steps_per_epoch` is done."""
 
 
 @dataclass
@@ -186,6 +199,9 @@ class Method(abc.ABC):
     # voxel/pixel where known, else None) and "n_classes" (how many content classes the data
     # have, as k for clustering; never any input's label).
     data_facts: dict[str, Any] = {}  # the runner assigns a new dict; never mutate this one
+    # Set by the runner before fit() (None otherwise): where to report epochs starting and
+    # optimiser steps done, if the method wants to (see StepProgress).
+    step_progress: StepProgress | None = None
 
     @classmethod
     @abc.abstractmethod

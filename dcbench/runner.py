@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +15,8 @@ import numpy as np
 from dcbench import atomic, cells, leaderboard
 from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, Split
 from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
-from dcbench.errors import DataError, DcbenchError, TrainingDiverged
+from dcbench.errors import DataError, DcbenchError
+from dcbench.progress import EpochProgress
 from dcbench.records import RunRecord, environment, read_json_or_none, utc_now
 from dcbench.registry import Registry, get_registry
 
@@ -97,43 +96,6 @@ def check_data(data: DataBundle, dataset: type[Dataset]) -> None:
         if not np.isfinite(split.x).all():
             raise DataError(f"dataset '{dataset.name}' {name} split contains NaN or infinite values; "
                             "clean the input files")
-
-
-class EpochProgress:
-    """Progress over epochs showing the loss terms: a bar on a terminal, one line per epoch in a
-    log file. Keeps the loss history in the run record after every epoch (a resumed run goes
-    on from it) and stops the run on a non-finite loss."""
-
-    def __init__(self, epochs: int, label: str, record: RunRecord | None = None) -> None:
-        from tqdm.auto import tqdm
-
-        self.epochs, self.label, self.record = epochs, label, record
-        self.history: list[dict[str, float]] = list(record.provenance.get("loss_history", [])) if record else []
-        self.bar = None
-        if sys.stderr.isatty():
-            self.bar = tqdm(total=epochs, initial=min(len(self.history), epochs), desc=label, unit="epoch",
-                            dynamic_ncols=True, leave=True)
-
-    def __call__(self, epoch: int, terms: dict[str, float]) -> None:
-        # A resumed run repeats the epochs after its last checkpoint: their new numbers replace the old.
-        self.history = [h for h in self.history if h["epoch"] < epoch] + [{"epoch": epoch, **terms}]
-        if self.record is not None:
-            self.record.provenance["loss_history"] = self.history
-            self.record.save()
-        bad = [k for k, v in terms.items() if not math.isfinite(v)]
-        if bad:
-            raise TrainingDiverged(f"loss term '{bad[0]}' became {terms[bad[0]]} in epoch {epoch + 1}; "
-                                   "try a lower learning rate (--set lr=...) or another seed")
-        if self.bar is not None:
-            self.bar.n = epoch + 1
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=True)
-        else:
-            losses = ", ".join(f"{k} {v:.4g}" for k, v in terms.items())
-            print(f"{self.label}: epoch {epoch + 1}/{self.epochs}: {losses}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 @contextmanager
@@ -267,6 +229,7 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
     record.provenance["data"] = {"train_size": len(data.train), "test_size": len(data.test),
                                  **data.provenance}
     progress = EpochProgress(int(p.config["epochs"]), f"{spec.method} on {spec.dataset}", record)
+    method.step_progress = progress  # steps move the bar and give the run's estimated duration
     fit_split = transductive_split(data) if p.method_cls.transductive else data.train
     try:
         with record.phase("train"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import ctypes
+import math
 import random
 import sys
 import time
@@ -165,19 +166,26 @@ class TorchMethod(Method, abc.ABC):
                        max_steps: int | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches of config['batch_size'] (only the first
         max_steps if given): step_losses(batch) gives the loss terms, 'total' is minimised with
-        one optimiser step per batch. Returns the epoch's mean of each term."""
+        one optimiser step per batch. Returns the epoch's mean of each term. Each step is
+        reported to `self.step_progress` when the runner set one."""
         if self.device == "cpu" and self.config.get("retain_freed_memory", True):
             retain_freed_memory()
         self.model.train()
-        meter = LossMeter()
-        for step, index in enumerate(minibatches(len(data), int(self.config["batch_size"]), self.generator)):
-            if max_steps is not None and step >= max_steps:
+        meter, progress = LossMeter(), self.step_progress
+        batch_size = int(self.config["batch_size"])
+        steps = math.ceil(len(data) / batch_size)
+        if max_steps is not None:
+            steps = min(steps, max_steps)
+        for step, index in enumerate(minibatches(len(data), batch_size, self.generator)):
+            if step >= steps:
                 break
             terms = step_losses(data[index.to(self.device)])
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
             meter.add(terms)
+            if progress is not None:  # reads a clock only: no device synchronisation
+                progress.step_done(step, steps)
         return meter.means()
 
     def run_epochs(self, train_one_epoch: Callable[[int], dict[str, float]], on_epoch: EpochCallback,
@@ -192,6 +200,8 @@ class TorchMethod(Method, abc.ABC):
         epochs = int(self.config["epochs"])
         last_stored = time.monotonic()
         for epoch in range(start, epochs):
+            if self.step_progress is not None:
+                self.step_progress.epoch_started(epoch)  # after a resume: the estimate counts epochs left
             means = train_one_epoch(epoch)
             if scheduler is not None:
                 scheduler.step()
