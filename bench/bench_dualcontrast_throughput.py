@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import platform
 import statistics
 import time
@@ -232,20 +233,23 @@ def compare_objectives(method: DualContrast, x: torch.Tensor, seed: int = 0) -> 
 
 # ------------------------------------------------------------------------- FLOPs
 def layer_macs(net: nn.Module, *inputs: torch.Tensor) -> list[tuple[int, bool]]:
-    """(multiply-accumulates per sample, takes a network input) for each Conv/Linear layer of
-    one forward pass of `net` on `inputs` (a batch of one), from the layers' shapes."""
+    """(multiply-accumulates per sample, takes a network input) for each Conv or ConvTranspose (any
+    dimension) and Linear layer of one forward pass of `net` on `inputs` (a batch of one), from
+    the layers' shapes."""
     found: list[tuple[int, bool]] = []
     ids = {id(t) for t in inputs}
 
     def hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-            macs = out[0].numel() * k
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):  # each input value paints a kernel
+            macs = args[0][0].numel() * math.prod(module.kernel_size) * module.out_channels // module.groups
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            macs = out[0].numel() * math.prod(module.kernel_size) * module.in_channels // module.groups
         else:
             macs = module.in_features * module.out_features
         found.append((macs, id(args[0]) in ids))
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = (nn.modules.conv._ConvNd, nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, layers)]
     try:
         with torch.no_grad():
             net(*inputs)

@@ -24,6 +24,7 @@ from torch import nn
 from dcbench import atomic
 from dcbench.api import Codes, EpochCallback, Method
 from dcbench.errors import DcbenchError
+from dcbench.volume_input import VolumeInput
 
 TRAINING_STATE_FORMAT = 1
 
@@ -148,6 +149,9 @@ class TorchMethod(Method, abc.ABC):
 
     encode_batch_size = 500
     resumable = True
+    # How the networks see volumes (low-pass, binning); build_model may set it from the config.
+    # encode() and training_tensor() apply it; a generative method's decode() calls restore().
+    volume_input = VolumeInput()
 
     def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:
         super().__init__(config, input_shape, resolve_device(device), seed)
@@ -243,10 +247,18 @@ class TorchMethod(Method, abc.ABC):
     def to_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=self.device)
 
+    def training_tensor(self, x: np.ndarray) -> torch.Tensor:
+        """The training inputs as the networks see them (`volume_input`), prepared in chunks so
+        that filtering a large set needs little more memory than the set."""
+        if self.volume_input.identity:
+            return self.to_tensor(x)
+        return torch.cat([self.volume_input.prepare(self.to_tensor(x[i:i + self.encode_batch_size]))
+                          for i in range(0, len(x), self.encode_batch_size)])
+
     @torch.no_grad()
     def encode(self, x: np.ndarray) -> Codes:
         self.model.eval()
-        parts = [self.encode_tensor(self.to_tensor(x[i:i + self.encode_batch_size]))
+        parts = [self.encode_tensor(self.volume_input.prepare(self.to_tensor(x[i:i + self.encode_batch_size])))
                  for i in range(0, len(x), self.encode_batch_size)]
         content = torch.cat([p[0] for p in parts]).float().cpu().numpy()
         transformation = torch.cat([p[1] for p in parts]).float().cpu().numpy()

@@ -39,7 +39,9 @@ from dcbench.torchkit import (
     autocast_dtype,
     make_adam,
 )
+from dcbench.volume_input import VolumeInput
 from dcbench_plugins.dualcontrast import losses, networks, transforms
+from dcbench_plugins.dualcontrast.small_volume_networks import small_volume_networks, small_volume_unsupported
 
 PAIRS = ("both", "positive", "negative")
 
@@ -53,10 +55,16 @@ class StepDraws(NamedTuple):
     eps: torch.Tensor  # (B, d): the transformation code shared by the latent positive pair
 
 
+NETWORKS = ("paper", "small")
+
+
 class DualContrastModel(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], latent_dim: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], latent_dim: int, size: str = "paper") -> None:
         super().__init__()
-        self.encoder, self.decoder = networks.build_networks(input_shape, latent_dim)
+        if size == "small":
+            self.encoder, self.decoder = small_volume_networks(input_shape, latent_dim)
+        else:
+            self.encoder, self.decoder = networks.build_networks(input_shape, latent_dim)
 
 
 class DualContrast(TorchMethod):
@@ -96,9 +104,20 @@ class DualContrast(TorchMethod):
             # dcbench.torchkit.retain_freed_memory): ~10% faster training steps.
             "retain_freed_memory": True,
         }
-        if preset == "quick":
+        if volume:
+            # How the networks see the particles (dcbench.volume_input): the paper's networks on
+            # the raw 32^3 particles unless a preset or --set says otherwise.
+            config.update(networks="paper", lowpass_sigma=0.0, bin=1)
+        if preset == "quick" and volume:
+            # Learns on a laptop CPU (docs/subtomograms.md, "Why volumes did not train"): low-pass
+            # (sigma 1.5 voxels) and 2x binning against the noise, the small networks (BatchNorm
+            # before the heads against collapsed codes), full-range Euler angles for T(x) since
+            # particles come in every orientation; 70 epochs of 32 = 3,150 steps on subtomo-sim.
+            config.update(networks="small", lowpass_sigma=1.5, bin=2, batch_size=32, epochs=70, lr=1e-3,
+                          lr_step_epochs=50, max_rotation_degrees=180.0)
+        elif preset == "quick":
             # Fits a laptop CPU: a higher learning rate so that a few epochs get somewhere.
-            config.update(epochs=20 if not volume else 10, lr=1e-3, lr_step_epochs=10)
+            config.update(epochs=20, lr=1e-3, lr_step_epochs=10)
         elif preset != "paper":
             raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
         config.update(cls.ablation)
@@ -110,7 +129,17 @@ class DualContrast(TorchMethod):
             raise DcbenchError(f"unknown pairs '{cfg['pairs']}': use {', '.join(PAIRS)}")
         self.transform = transforms.from_config(cfg, self.input_shape)
         self.amp_dtype = autocast_dtype(cfg["precision"], self.device)
-        return DualContrastModel(self.input_shape, int(cfg["latent_dim"]))
+        self.volume_input = VolumeInput.from_config(cfg, self.input_shape)
+        shape = self.volume_input.network_shape(self.input_shape)
+        size = cfg.get("networks", "paper")
+        if size not in NETWORKS:
+            raise DcbenchError(f"unknown networks '{size}': use {' or '.join(NETWORKS)}")
+        if size == "small" and (reason := small_volume_unsupported(shape)):
+            raise DcbenchError(reason)
+        if size == "paper" and shape != tuple(self.input_shape):
+            raise DcbenchError(f"the paper's networks take {'x'.join(map(str, self.input_shape))} inputs, not binned "
+                               f"{'x'.join(map(str, shape))} ones: set networks=small or bin=1")
+        return DualContrastModel(shape, int(cfg["latent_dim"]), size)
 
     # ----------------------------------------------------------------------------- training
     def draw(self, b: int) -> StepDraws:
@@ -136,12 +165,18 @@ class DualContrast(TorchMethod):
             with torch.no_grad():
                 x_t = self.transform(x, self.generator)
         views = torch.cat([x, x_t])
+        latent_pair = bool(cfg["con_z"]) and use_pos
+        generated = None
         with autocast(self.device, self.amp_dtype):
             mu_z, logvar_z, mu_c, logvar_c = encoder(views)
             d = mu_z.shape[1]
             z = mu_z + draws.noise[:, :d] * torch.exp(0.5 * logvar_z)
             c = mu_c + draws.noise[:, d:] * torch.exp(0.5 * logvar_c)
-            recon = decoder(c, z)
+            if latent_pair and hasattr(decoder, "decode_pair"):
+                # The volume decoder's output layer runs once for the views and the generated pair.
+                recon, generated = decoder.decode_pair(c, z, *self._latent_pair_codes(mu_c[:b].float().detach(), draws))
+            else:
+                recon = decoder(c, z)
         recon_term, kl_term = losses.vae_loss(recon.float(), views, mu_z.float(), logvar_z.float(),
                                               mu_c.float(), logvar_c.float(),
                                               cfg["recon_weight"], cfg["kl_weight"])
@@ -161,7 +196,7 @@ class DualContrast(TorchMethod):
             if use_neg:
                 con_z = con_z + losses.negative_pair_loss(z_x, z_xt)
             if use_pos:
-                con_z = con_z + self._latent_positive_pair(c_x.detach(), draws)
+                con_z = con_z + self._latent_positive_pair(c_x.detach(), draws, generated)
         terms["con_c"], terms["con_z"] = w * con_c, w * con_z
         terms.update(self.extra_terms(c_x, c_xt, z_x, z_xt))
         terms["total"] = sum(terms.values(), zero)
@@ -173,14 +208,21 @@ class DualContrast(TorchMethod):
         None here; variants built on this network and VAE term (simclr-gen) add theirs."""
         return {}
 
-    def _latent_positive_pair(self, content: torch.Tensor, draws: StepDraws) -> torch.Tensor:
+    def _latent_pair_codes(self, content: torch.Tensor, draws: StepDraws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder inputs (c, z) of the latent positive pair: both permutations of the content
+        codes (one gather), each with the shared eps."""
+        return content[draws.latent_perms.reshape(-1)], torch.cat([draws.eps, draws.eps])
+
+    def _latent_positive_pair(self, content: torch.Tensor, draws: StepDraws,
+                              generated: torch.Tensor | None = None) -> torch.Tensor:
         """Decode one prior draw eps with two permutations of the batch's content codes; the two
         images share their transformation, so their z codes form a positive pair. Only the
-        encoder learns from this term, so the images are generated without gradient."""
+        encoder learns from this term, so the images are generated without gradient (or given:
+        the decoder's output for _latent_pair_codes, made without gradient)."""
         b = content.shape[0]
-        with torch.no_grad(), autocast(self.device, self.amp_dtype):
-            pair_c = content[draws.latent_perms.reshape(-1)]  # both permutations in one gather
-            generated = self.model.decoder(pair_c, torch.cat([draws.eps, draws.eps]))
+        if generated is None:
+            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                generated = self.model.decoder(*self._latent_pair_codes(content, draws))
         with autocast(self.device, self.amp_dtype):
             z_generated = self.model.encoder(generated.float())[0].float()
         return losses.positive_pair_loss(z_generated[:b], z_generated[b:])
@@ -197,7 +239,7 @@ class DualContrast(TorchMethod):
 
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:
         cfg = self.config
-        data = self.to_tensor(train.x)
+        data = self.training_tensor(train.x)
         optimizer = self.make_optimizer()
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
                                                     gamma=float(cfg["lr_gamma"]))
@@ -212,7 +254,7 @@ class DualContrast(TorchMethod):
     def decode(self, content: np.ndarray, transformation: np.ndarray) -> np.ndarray:
         self.model.eval()
         out = self.model.decoder(self.to_tensor(content), self.to_tensor(transformation))
-        return out.float().cpu().numpy()
+        return self.volume_input.restore(out.float()).cpu().numpy()
 
 
 class DualContrastNoConC(DualContrast):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dcbench_plugins.dualcontrast.volume_layers import FlatConv3d, linear_with_free_rows
+
 GREY_28 = (1, 28, 28)
 COLOUR_64 = (3, 64, 64)
 VOLUME_32 = (1, 32, 32, 32)
@@ -97,15 +99,21 @@ class ImageEncoder(nn.Module):
 
 
 class VolumeEncoder(nn.Module):
-    """Conv3d k4 s2 p1 1->32->64->128, Conv3d k4 ->512, 1x1x1 ->1024, leaky ReLU."""
+    """Conv3d k4 s2 p1 1->32->64->128, Conv3d k4 ->512, 1x1x1 ->1024, leaky ReLU.
+
+    Faster on CPU, same function and state_dict: the strided convolutions run channels-last
+    (oneDNN's 3D convolutions and their backward are faster so), the last two as matmuls
+    (volume_layers.FlatConv3d), and the leaky ReLUs in place (a convolution's backward needs
+    its input, not its output)."""
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for a, b in ((1, 32), (32, 64), (64, 128)):
-            layers += [nn.Conv3d(a, b, kernel_size=4, stride=2, padding=1), nn.LeakyReLU()]
-        layers += [nn.Conv3d(128, 512, kernel_size=4), nn.LeakyReLU()]
-        layers += [nn.Conv3d(512, 1024, kernel_size=1), nn.LeakyReLU()]
+            conv = nn.Conv3d(a, b, kernel_size=4, stride=2, padding=1).to(memory_format=torch.channels_last_3d)
+            layers += [conv, nn.LeakyReLU(inplace=True)]
+        layers += [FlatConv3d(128, 512, kernel_size=4), nn.LeakyReLU(inplace=True)]
+        layers += [FlatConv3d(512, 1024, kernel_size=1), nn.LeakyReLU(inplace=True)]
         self.trunk = nn.Sequential(*layers)
         self.posterior = Posterior(1024, latent_dim)
 
@@ -131,10 +139,30 @@ class SplitInputDecoder(nn.Module):
         self.out_shape = out_shape
         self.sigmoid = sigmoid
 
-    def forward(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.act(self.z_in(z)), self.act(self.c_in(c))], dim=1)
-        x = self.out(self.hidden(h)).view(-1, *self.out_shape)
+    def features(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The output layer's input."""
+        return self.hidden(torch.cat([self.act(self.z_in(z)), self.act(self.c_in(c))], dim=1))
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, *self.out_shape)
         return torch.sigmoid(x) if self.sigmoid else x
+
+    def forward(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.out(self.features(c, z)))
+
+
+class VolumeDecoder(SplitInputDecoder):
+    """The 3D SplitInputDecoder, whose output layer (5000 -> 32768, 655 MB of weights) is
+    bound by reading its weights: decode_pair runs it once for the training views and the
+    generated pair together."""
+
+    def decode_pair(self, c: torch.Tensor, z: torch.Tensor, c_free: torch.Tensor, z_free: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(c, z), self(c_free, z_free)), the second without gradient."""
+        with torch.no_grad():
+            free = self.features(c_free, z_free)
+        out, out_free = linear_with_free_rows(self.out, self.features(c, z), free)
+        return self.finish(out), self.finish(out_free)
 
 
 class ConcatDecoder(nn.Module):
@@ -165,8 +193,7 @@ def build_networks(input_shape: tuple[int, ...], latent_dim: int) -> tuple[nn.Mo
         decoder = ConcatDecoder(latent_dim, [512, 512, 1024, 1024], shape)
     elif shape == VOLUME_32:
         encoder = VolumeEncoder(latent_dim)
-        decoder = SplitInputDecoder(latent_dim, 512, [1024, 1024, 1024, 5000], shape, nn.LeakyReLU,
-                                    sigmoid=False)
+        decoder = VolumeDecoder(latent_dim, 512, [1024, 1024, 1024, 5000], shape, nn.LeakyReLU, sigmoid=False)
     else:
         raise ValueError(f"no DualContrast architecture for inputs of shape {shape}")
     return encoder, decoder

@@ -22,6 +22,8 @@ import math
 import torch
 from torch import nn
 
+from dcbench_plugins.dualcontrast.volume_layers import FlatConv3d, FlatConvTranspose3d
+
 HIDDEN_2D = (512, 512, 512, 512, 128)
 
 
@@ -85,7 +87,18 @@ class MLPDecoder(nn.Module):
         return torch.sigmoid(self.net(c)).view(-1, *self.input_shape)
 
 
+def _channels_last(net: nn.Sequential) -> None:
+    """Strided 3D (transposed) convolutions channels-last: oneDNN runs them and their backward
+    faster so (docs/performance.md, "Volumes"). After init, so that seeded weights are unchanged."""
+    for m in net:
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) and m.stride != (1, 1, 1):
+            m.to(memory_format=torch.channels_last_3d)
+
+
 class ConvEncoder3d(nn.Module):
+    """The layers on a single-voxel output (the S/8 cube, the 1x1x1 head) run as matmuls
+    (FlatConv3d: same parameters, same function)."""
+
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__()
         side = int(input_shape[1])
@@ -93,25 +106,33 @@ class ConvEncoder3d(nn.Module):
             nn.Conv3d(1, 32, 4, stride=2, padding=1), nn.Tanh(),
             nn.Conv3d(32, 64, 4, stride=2, padding=1), nn.Tanh(),
             nn.Conv3d(64, 128, 4, stride=2, padding=1), nn.Tanh(),
-            nn.Conv3d(128, 512, side // 8), nn.Tanh(),  # the remaining S/8 cube -> 1x1x1
-            nn.Conv3d(512, transform_dims(input_shape) + 2 * latent_dim, 1),
+            FlatConv3d(128, 512, side // 8), nn.Tanh(),  # the remaining S/8 cube -> 1x1x1
+            FlatConv3d(512, transform_dims(input_shape) + 2 * latent_dim, 1),
         )
+
+    def channels_last(self) -> None:
+        _channels_last(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1)
 
 
 class ConvDecoder3d(nn.Module):
+    """The two layers on a 1^3 input run as matmuls (FlatConvTranspose3d: same parameters)."""
+
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int) -> None:
         super().__init__()
         side = int(input_shape[1])
         self.net = nn.Sequential(
-            nn.ConvTranspose3d(latent_dim, 512, 1), nn.Tanh(),
-            nn.ConvTranspose3d(512, 128, side // 8), nn.Tanh(),
+            FlatConvTranspose3d(latent_dim, 512, 1), nn.Tanh(),
+            FlatConvTranspose3d(512, 128, side // 8), nn.Tanh(),
             nn.ConvTranspose3d(128, 64, 4, stride=2, padding=1), nn.Tanh(),
             nn.ConvTranspose3d(64, 32, 4, stride=2, padding=1), nn.Tanh(),
             nn.ConvTranspose3d(32, 1, 4, stride=2, padding=1),  # linear: volumes are z-scored
         )
+
+    def channels_last(self) -> None:
+        _channels_last(self.net)
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         return self.net(c.view(*c.shape, 1, 1, 1))
@@ -138,4 +159,7 @@ def build_networks(input_shape: tuple[int, ...], latent_dim: int) -> tuple[nn.Mo
         encoder, decoder = MLPEncoder(input_shape, latent_dim), MLPDecoder(input_shape, latent_dim)
     glorot_init(encoder)
     glorot_init(decoder)
+    if len(input_shape) == 4:
+        encoder.channels_last()
+        decoder.channels_last()
     return encoder, decoder
