@@ -250,9 +250,12 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
                   "column and the transformation along a row.", "", gallery, ""]
     budgets = _budgets(groups)
     if budgets:
-        lines += ["## Budgets", "", tabulate(budgets, headers=["method", "preset", "epochs", "train images",
-                                                               "batch", "lr", "median train time (s)"],
-                                               tablefmt="github", disable_numparse=True), ""]
+        headers = ["method", "preset", "epochs", "train images", "batch", "lr", "median train time (s)"]
+        if any(row[-1] for row in budgets):  # a board with volume runs says what their networks saw
+            headers.append("networks; input")
+        else:
+            budgets = [row[:-1] for row in budgets]
+        lines += ["## Budgets", "", tabulate(budgets, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(lines)
 
 
@@ -319,5 +322,16 @@ def _budgets(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]]) -> list
         median = times[len(times) // 2]
         out.append([method, preset, budget.get("epochs", "?"), budget.get("train_size", "?"),
                     budget.get("batch_size", "?"), budget.get("lr", "?"),
-                    "?" if math.isnan(median) else f"{median:.0f}"])
+                    "?" if math.isnan(median) else f"{median:.0f}", _network_input(budget)])
     return out
+
+
+def _network_input(budget: dict[str, Any]) -> str:
+    """'small; low-pass 1.5 voxels, bin 2' for rows that record what the networks saw; '' for rows
+    from before dcbench recorded it (their networks saw the raw inputs)."""
+    if "bin" not in budget:
+        return ""
+    sigma, factor = float(budget.get("lowpass_sigma", 0)), int(budget["bin"])
+    seen = [f"low-pass {sigma:g} voxels"] if sigma > 0 else []
+    seen += [f"bin {factor}"] if factor > 1 else []
+    return f"{budget.get('networks', '?')}; {', '.join(seen) or 'raw'}"

@@ -255,4 +255,6 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
                           spec.seed)
     budget = {"epochs": p.config["epochs"], "train_size": len(fit_split),  # train + test for transductive methods
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
+    # What the networks saw, for methods with settings for it (volumes: dcbench.volume_input).
+    budget.update({key: p.config[key] for key in ("networks", "lowpass_sigma", "bin") if key in p.config})
     return metrics, {"budget": budget, "train_seconds": record.provenance["phases_s"]["train"]}

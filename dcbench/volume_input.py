@@ -48,9 +48,10 @@ class VolumeInput:
             raise DcbenchError(f"lowpass_sigma must be a number >= 0 (voxels; 0 = off), got {sigma}")
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
             raise DcbenchError(f"bin must be a whole number >= 1 (1 = off), got {factor!r}")
-        if any(side % factor for side in input_shape[1:]):
-            raise DcbenchError(f"bin {factor} does not divide the volume side {input_shape[1]}: "
-                               "use a divisor of it (bin=1 turns binning off)")
+        for side in input_shape[1:]:
+            if side % factor:
+                raise DcbenchError(f"bin {factor} does not divide the volume side {side}: "
+                                   "use a divisor of it (bin=1 turns binning off)")
         return cls(sigma, factor)
 
     @property

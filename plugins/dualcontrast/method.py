@@ -58,6 +58,18 @@ class StepDraws(NamedTuple):
 NETWORKS = ("paper", "small")
 
 
+def check_networks(size: str, shape: tuple[int, ...], input_shape: tuple[int, ...]) -> None:
+    """Refuse a `networks` setting that cannot take the network-grid shape `shape` (the input
+    shape after VolumeInput's binning)."""
+    if size not in NETWORKS:
+        raise DcbenchError(f"unknown networks '{size}': use {' or '.join(NETWORKS)}")
+    if size == "small" and (reason := small_volume_unsupported(shape)):
+        raise DcbenchError(reason)
+    if size == "paper" and tuple(shape) != tuple(input_shape):
+        raise DcbenchError(f"the paper's networks take {'x'.join(map(str, input_shape))} inputs, not binned "
+                           f"{'x'.join(map(str, shape))} ones: set networks=small or bin=1")
+
+
 class DualContrastModel(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int, size: str = "paper") -> None:
         super().__init__()
@@ -131,14 +143,8 @@ class DualContrast(TorchMethod):
         self.amp_dtype = autocast_dtype(cfg["precision"], self.device)
         self.volume_input = VolumeInput.from_config(cfg, self.input_shape)
         shape = self.volume_input.network_shape(self.input_shape)
-        size = cfg.get("networks", "paper")
-        if size not in NETWORKS:
-            raise DcbenchError(f"unknown networks '{size}': use {' or '.join(NETWORKS)}")
-        if size == "small" and (reason := small_volume_unsupported(shape)):
-            raise DcbenchError(reason)
-        if size == "paper" and shape != tuple(self.input_shape):
-            raise DcbenchError(f"the paper's networks take {'x'.join(map(str, self.input_shape))} inputs, not binned "
-                               f"{'x'.join(map(str, shape))} ones: set networks=small or bin=1")
+        size = str(cfg.get("networks", "paper"))
+        check_networks(size, shape, self.input_shape)
         return DualContrastModel(shape, int(cfg["latent_dim"]), size)
 
     # ----------------------------------------------------------------------------- training

@@ -47,6 +47,10 @@ Differences from the reference code (xulabs/aitom .../harmony, model2D and model
   volumes 150 epochs, batch 50) and DualContrast's content size (10 / 16 / 50), so that the
   benchmark compares methods at equal code size.
 - The 3D nets take any cubic side divisible by 8 (the reference's kernel sizes assume 32).
+- Volumes in the quick preset: the networks see low-passed, 2x binned particles
+  (dcbench.volume_input) and the 3D methods' shared quick budget (batch 32, 70 epochs, lr 1e-3).
+  The poses act on the binned grid, but shift settings and the shifts in the codes stay in
+  voxels of the input grid (converted by the bin factor); decode upsamples back to the input grid.
 
 Observed behaviour (MNIST, 300 steps at lr 1e-3): the poses are learned first (transfer-grid
 rows rotate), while the decoder still mostly ignores the content: nothing but reconstruction
@@ -72,6 +76,7 @@ from dcbench.torchkit import (
     autocast_dtype,
     make_adam,
 )
+from dcbench.volume_input import VolumeInput
 from dcbench_plugins.dualcontrast.networks import paper_latent_dim
 from dcbench_plugins.harmony import networks, poses
 
@@ -138,8 +143,16 @@ class Harmony(TorchMethod):
             # On CPU, let glibc keep freed memory for reuse (dcbench.torchkit.retain_freed_memory).
             "retain_freed_memory": True,
         }
-        if preset == "quick":
-            config.update(epochs=10 if volume else 20, lr=1e-3)
+        if volume:
+            # How the networks see the particles (dcbench.volume_input): raw unless a preset or
+            # --set says otherwise.
+            config.update(lowpass_sigma=0.0, bin=1)
+        if preset == "quick" and volume:
+            # The 3D methods' shared quick budget (DualContrast's): low-passed, 2x binned
+            # particles (16^3 from subtomo-sim's 32^3), 70 epochs of 32 = 3,150 steps there.
+            config.update(lowpass_sigma=1.5, bin=2, batch_size=32, epochs=70, lr=1e-3)
+        elif preset == "quick":
+            config.update(epochs=20, lr=1e-3)
         elif preset != "paper":
             raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
         return config
@@ -150,8 +163,21 @@ class Harmony(TorchMethod):
             raise DcbenchError(reason)
         self.amp_dtype = autocast_dtype(str(self.config["precision"]), self.device)
         self.gamma = self._configured_gamma()
-        return HarmonyModel(self.input_shape, int(self.config["latent_dim"]),
-                            float(self.config["shift_bound_pixels"]))
+        self.volume_input = VolumeInput.from_config(self.config, self.input_shape)
+        shape = self.volume_input.network_shape(self.input_shape)
+        reason = networks.unsupported_reason(shape)
+        if reason:
+            raise DcbenchError(f"after bin {self.volume_input.bin}: {reason}")
+        # The networks' poses are in voxels of the binned grid; the settings are in input voxels.
+        return HarmonyModel(shape, int(self.config["latent_dim"]),
+                            float(self.config["shift_bound_pixels"]) / self.volume_input.bin)
+
+    def scale_shifts(self, phi: torch.Tensor, factor: float) -> torch.Tensor:
+        """phi with its shifts multiplied by factor (bin: network -> input voxels; 1 / bin back)."""
+        if factor == 1:
+            return phi
+        r = self.model.n_rot
+        return torch.cat([phi[:, :r], phi[:, r:] * factor], dim=1)
 
     def _configured_gamma(self) -> float | None:
         gamma = self.config.get("gamma")
@@ -171,7 +197,7 @@ class Harmony(TorchMethod):
         b, d = x.shape[0], model.latent_dim
         if phi_t is None:
             phi_t = poses.random_phi(b, x.dim() - 2, float(cfg["max_rotation_degrees"]),
-                                     float(cfg["max_shift_pixels"]), self.generator)
+                                     float(cfg["max_shift_pixels"]) / self.volume_input.bin, self.generator)
         if noise is None:
             noise = torch.randn(2 * b, d, generator=self.generator)
         with torch.no_grad():
@@ -210,14 +236,14 @@ class Harmony(TorchMethod):
         cfg = self.config
         if self.gamma is None:
             self.gamma = float(default_gamma(len(train), int(cfg["batch_size"])))
-        data = self.to_tensor(train.x)
+        data = self.training_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
         self.run_epochs(lambda epoch: self.train_epoch(data, optimizer), on_epoch, optimizer)
 
     # ----------------------------------------------------------------------------- readout
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         phi, mu, _ = self.model.encode(x)
-        return mu, phi
+        return mu, self.scale_shifts(phi, self.volume_input.bin)
 
     def canonical(self, content: torch.Tensor) -> torch.Tensor:
         """The decoder's canonical-pose output for content codes."""
@@ -225,15 +251,17 @@ class Harmony(TorchMethod):
 
     @torch.no_grad()
     def decode(self, content: np.ndarray, transformation: np.ndarray) -> np.ndarray:
-        """Dec(c) put into the pose phi: shape (N, *input_shape)."""
+        """Dec(c) put into the pose phi (shifts in input voxels), on the input grid: shape
+        (N, *input_shape)."""
         if len(content) != len(transformation):
             raise DcbenchError(f"{len(content)} content codes for {len(transformation)} transformation codes")
         self.model.eval()
         parts = []
         for i in range(0, len(content), self.encode_batch_size):
             c = self.to_tensor(content[i:i + self.encode_batch_size])
-            phi = self.to_tensor(transformation[i:i + self.encode_batch_size])
-            parts.append(poses.pose(self.canonical(c), phi).cpu().numpy())
+            phi = self.scale_shifts(self.to_tensor(transformation[i:i + self.encode_batch_size]),
+                                    1 / self.volume_input.bin)
+            parts.append(self.volume_input.restore(poses.pose(self.canonical(c), phi)).cpu().numpy())
         if not parts:
             return np.zeros((0, *self.input_shape), dtype=np.float32)
         return np.concatenate(parts)

@@ -12,7 +12,9 @@ by default), so that the comparison isolates the objective:
 
 The two views are x and T(x), the same pairs DualContrast uses (SimCLR's two independently
 augmented views would differ only in also transforming the anchor). Codes are the posterior
-means (the discriminative encoder's outputs) of the untransformed input.
+means (the discriminative encoder's outputs) of the untransformed input. On volumes both follow
+DualContrast's settings for how the networks see the particles (`networks`, `lowpass_sigma`,
+`bin`: in the quick preset the small encoder on low-passed, 2x binned particles).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from torch.nn import functional as F
 
 from dcbench.api import EpochCallback, Split
 from dcbench.torchkit import TorchMethod, make_adam
+from dcbench.volume_input import VolumeInput
 from dcbench_plugins.dualcontrast import networks, transforms
-from dcbench_plugins.dualcontrast.method import DualContrast
+from dcbench_plugins.dualcontrast.method import DualContrast, DualContrastModel, check_networks
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -57,9 +60,10 @@ class SimCLRGenerative(DualContrast):
 
 
 class EncoderOnly(nn.Module):
-    def __init__(self, input_shape: tuple[int, ...], latent_dim: int) -> None:
+    def __init__(self, input_shape: tuple[int, ...], latent_dim: int, size: str = "paper") -> None:
         super().__init__()
-        self.encoder, _ = networks.build_networks(input_shape, latent_dim)
+        # DualContrast's encoder; its decoder is built and dropped, so seeded weights match DualContrast's.
+        self.encoder = DualContrastModel(input_shape, latent_dim, size).encoder
 
 
 class SimCLRDiscriminative(TorchMethod):
@@ -75,14 +79,19 @@ class SimCLRDiscriminative(TorchMethod):
         # The same budget and transformation settings as DualContrast in this preset.
         base = DualContrast.default_config(preset, input_shape)
         keep = ("latent_dim", "epochs", "batch_size", "lr", "lr_step_epochs", "lr_gamma", "transform",
-                "max_rotation_degrees", "per_sample_transform", "retain_freed_memory")
-        config = {k: base[k] for k in keep}
+                "max_rotation_degrees", "per_sample_transform", "retain_freed_memory",
+                "networks", "lowpass_sigma", "bin")  # the last three for volumes only
+        config = {k: base[k] for k in keep if k in base}
         config["temperature"] = 0.5
         return config
 
     def build_model(self) -> nn.Module:
         self.transform = transforms.from_config(self.config, self.input_shape)
-        return EncoderOnly(self.input_shape, int(self.config["latent_dim"]))
+        self.volume_input = VolumeInput.from_config(self.config, self.input_shape)
+        shape = self.volume_input.network_shape(self.input_shape)
+        size = str(self.config.get("networks", "paper"))
+        check_networks(size, shape, self.input_shape)
+        return EncoderOnly(shape, int(self.config["latent_dim"]), size)
 
     def training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -94,7 +103,7 @@ class SimCLRDiscriminative(TorchMethod):
 
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:
         cfg = self.config
-        data = self.to_tensor(train.x)
+        data = self.training_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
                                                     gamma=float(cfg["lr_gamma"]))
