@@ -109,3 +109,18 @@ def test_seed_zero_figures_are_published_and_shown_side_by_side(tmp_path: Path) 
     markdown = (board / "toy.md").read_text()
     assert "![gen transfer grid](figures/toy-gen-quick-epochs-2-seed0-transfer-grid.png)" in markdown
     assert "no decoder: no transfer grid" in markdown and "| no decoder" in markdown
+
+
+def test_budgets_say_what_the_networks_saw_on_boards_with_volume_runs() -> None:
+    plain = leaderboard.render_markdown("toy", [_row("a", 0, 0.8, 0.3)], {}, "")
+    assert "networks; input" not in plain  # image boards keep their columns
+    new = _row("b", 0, 0.7, 0.2)
+    new["budget"].update(networks="small", lowpass_sigma=1.5, bin=2)
+    raw = _row("c", 0, 0.6, 0.2, preset="paper")
+    raw["budget"].update(networks="paper", lowpass_sigma=0.0, bin=1)
+    text = leaderboard.render_markdown("toy", [_row("a", 0, 0.8, 0.3), new, raw], {}, "")
+    budgets = text.split("## Budgets")[1]
+    assert "networks; input" in budgets
+    assert "small; low-pass 1.5 voxels, bin 2" in next(line for line in budgets.splitlines() if line.startswith("| b "))
+    assert "paper; raw" in next(line for line in budgets.splitlines() if line.startswith("| c "))
+    assert "raw (not recorded)" in next(line for line in budgets.splitlines() if line.startswith("| a "))
