@@ -251,7 +251,7 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
     budgets = _budgets(groups)
     if budgets:
         headers = ["method", "preset", "epochs", "train images", "batch", "lr", "median train time (s)"]
-        if any(row[-1].startswith(("paper", "small")) for row in budgets):  # boards with such volume runs
+        if any(row[-1] != NOT_RECORDED for row in budgets):  # boards with volume runs that record it
             headers.append("networks; input")
         else:
             budgets = [row[:-1] for row in budgets]
@@ -326,13 +326,17 @@ def _budgets(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]]) -> list
     return out
 
 
+NOT_RECORDED = "raw (not recorded)"
+
+
 def _network_input(budget: dict[str, Any]) -> str:
     """'small; low-pass 1.5 voxels, bin 2' for rows that record what the networks saw. Rows from
     before dcbench recorded it come from methods that always saw the raw inputs (the column is
     shown only on boards with a recorded row, i.e. volume boards)."""
     if "bin" not in budget:
-        return "raw (not recorded)"
+        return NOT_RECORDED
     sigma, factor = float(budget.get("lowpass_sigma", 0)), int(budget["bin"])
     seen = [f"low-pass {sigma:g} voxels"] if sigma > 0 else []
     seen += [f"bin {factor}"] if factor > 1 else []
-    return f"{budget.get('networks', '?')}; {', '.join(seen) or 'raw'}"
+    networks = budget.get("networks", "own")  # methods with one set of networks record none
+    return f"{networks}; {', '.join(seen) or 'raw'}"

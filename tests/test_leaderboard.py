@@ -118,9 +118,12 @@ def test_budgets_say_what_the_networks_saw_on_boards_with_volume_runs() -> None:
     new["budget"].update(networks="small", lowpass_sigma=1.5, bin=2)
     raw = _row("c", 0, 0.6, 0.2, preset="paper")
     raw["budget"].update(networks="paper", lowpass_sigma=0.0, bin=1)
-    text = leaderboard.render_markdown("toy", [_row("a", 0, 0.8, 0.3), new, raw], {}, "")
+    own = _row("d", 0, 0.6, 0.2)
+    own["budget"].update(lowpass_sigma=1.5, bin=2)
+    text = leaderboard.render_markdown("toy", [_row("a", 0, 0.8, 0.3), new, raw, own], {}, "")
     budgets = text.split("## Budgets")[1]
     assert "networks; input" in budgets
     assert "small; low-pass 1.5 voxels, bin 2" in next(line for line in budgets.splitlines() if line.startswith("| b "))
     assert "paper; raw" in next(line for line in budgets.splitlines() if line.startswith("| c "))
+    assert "own; low-pass 1.5 voxels, bin 2" in next(line for line in budgets.splitlines() if line.startswith("| d "))
     assert "raw (not recorded)" in next(line for line in budgets.splitlines() if line.startswith("| a "))
