@@ -39,7 +39,7 @@ from dcbench.torchkit import (
     autocast_dtype,
     make_adam,
 )
-from dcbench.volume_input import VolumeInput
+from dcbench.volume_input import QUICK_VOLUME_BUDGET, RAW_VOLUMES, VolumeInput
 from dcbench_plugins.dualcontrast import losses, networks, transforms
 from dcbench_plugins.dualcontrast.small_volume_networks import small_volume_networks, small_volume_unsupported
 
@@ -119,13 +119,13 @@ class DualContrast(TorchMethod):
         if volume:
             # How the networks see the particles (dcbench.volume_input): the paper's networks on
             # the raw 32^3 particles unless a preset or --set says otherwise.
-            config.update(networks="paper", lowpass_sigma=0.0, bin=1)
+            config.update(RAW_VOLUMES, networks="paper")
         if preset == "quick" and volume:
             # Learns on a laptop CPU (docs/subtomograms.md, "Why volumes did not train"): low-pass
             # (sigma 1.5 voxels) and 2x binning against the noise, the small networks (BatchNorm
             # before the heads against collapsed codes), full-range Euler angles for T(x) since
             # particles come in every orientation; 70 epochs of 32 = 3,150 steps on subtomo-sim.
-            config.update(networks="small", lowpass_sigma=1.5, bin=2, batch_size=32, epochs=70, lr=1e-3,
+            config.update(QUICK_VOLUME_BUDGET, networks="small",
                           lr_step_epochs=50, max_rotation_degrees=180.0)
         elif preset == "quick":
             # Fits a laptop CPU: a higher learning rate so that a few epochs get somewhere.

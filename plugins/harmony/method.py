@@ -76,7 +76,7 @@ from dcbench.torchkit import (
     autocast_dtype,
     make_adam,
 )
-from dcbench.volume_input import VolumeInput
+from dcbench.volume_input import QUICK_VOLUME_BUDGET, RAW_VOLUMES, VolumeInput
 from dcbench_plugins.dualcontrast.networks import paper_latent_dim
 from dcbench_plugins.harmony import networks, poses
 
@@ -146,11 +146,11 @@ class Harmony(TorchMethod):
         if volume:
             # How the networks see the particles (dcbench.volume_input): raw unless a preset or
             # --set says otherwise.
-            config.update(lowpass_sigma=0.0, bin=1)
+            config.update(RAW_VOLUMES)
         if preset == "quick" and volume:
             # The 3D methods' shared quick budget (DualContrast's): low-passed, 2x binned
             # particles (16^3 from subtomo-sim's 32^3), 70 epochs of 32 = 3,150 steps there.
-            config.update(lowpass_sigma=1.5, bin=2, batch_size=32, epochs=70, lr=1e-3)
+            config.update(QUICK_VOLUME_BUDGET)
         elif preset == "quick":
             config.update(epochs=20, lr=1e-3)
         elif preset != "paper":

@@ -61,7 +61,7 @@ from torch import nn
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
 from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
-from dcbench.volume_input import VolumeInput
+from dcbench.volume_input import QUICK_VOLUME_BUDGET, RAW_VOLUMES, VolumeInput
 from dcbench_plugins.dualcontrast.networks import paper_latent_dim
 from dcbench_plugins.spatialvae import networks
 
@@ -173,7 +173,7 @@ class SpatialVAE(TorchMethod):
         if volume:
             # How the networks see the particles (dcbench.volume_input): raw unless a preset
             # or --set says otherwise.
-            config.update(lowpass_sigma=0.0, bin=1)
+            config.update(RAW_VOLUMES)
         if preset == "quick":
             # The per-pixel MLP's cost grows with the square of its width: 64 units make an
             # MNIST epoch tens of seconds on a 2-core CPU instead of tens of minutes.
@@ -181,7 +181,7 @@ class SpatialVAE(TorchMethod):
             if volume:
                 # The 3D methods' shared quick budget (DualContrast's): low-passed, 2x binned
                 # particles, 70 epochs of 32 = 3,150 steps on subtomo-sim.
-                config.update(lowpass_sigma=1.5, bin=2, batch_size=32, epochs=70)
+                config.update(QUICK_VOLUME_BUDGET)
         elif preset != "paper":
             raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
         return config
