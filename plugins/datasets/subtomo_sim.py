@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,6 +25,19 @@ from dcbench.paths import dataset_cache
 from dcbench_plugins.datasets.volumes import split_indices, zscore_
 from dcbench_plugins.subtomo import procedural
 from dcbench_plugins.subtomo.simulate import SimulationSettings, reference_maps, simulate_particles
+
+
+@dataclass(frozen=True)
+class StructureSet:
+    """Noise-free maps (M, D, H, W) with each map's composition and conformation ids."""
+
+    maps: np.ndarray
+    composition_of: np.ndarray
+    conformation_of: np.ndarray
+    compositions: list[str]
+    conformation_names: list[str]
+    names: list[str]
+    source: str
 
 
 class SubtomoSim(Dataset):
@@ -36,38 +50,42 @@ class SubtomoSim(Dataset):
         wedge = float(self.options["wedge"])
         return SimulationSettings(snr=float(self.options["snr"]), wedge_tilt_degrees=wedge if wedge > 0 else None)
 
+    def structures(self, settings: SimulationSettings) -> StructureSet:
+        """The noise-free maps to simulate from, with their labels."""
+        models = procedural.complexes()
+        compositions = list(dict.fromkeys(m.composition for m in models))
+        conformations = list(dict.fromkeys(m.conformation for m in models))
+        return StructureSet(reference_maps(models, settings),
+                            np.array([compositions.index(m.composition) for m in models]),
+                            np.array([conformations.index(m.conformation) for m in models]),
+                            compositions, conformations, [m.name for m in models],
+                            "procedural pseudo-atomic complexes (dcbench_plugins.subtomo.procedural)")
+
     def load(self, seed: int) -> DataBundle:
         settings = self.settings()
         per_structure = int(self.options["per_structure"])
         if per_structure < 2:
             raise ValueError(f"per_structure must be at least 2 (one train and one test particle), got {per_structure}")
-        models = procedural.complexes()
-        compositions = sorted({m.composition for m in models}, key=[m.composition for m in models].index)
-        conformations = sorted({m.conformation for m in models}, key=[m.conformation for m in models].index)
-        composition_of = np.array([compositions.index(m.composition) for m in models])
-        conformation_of = np.array([conformations.index(m.conformation) for m in models])
-        maps = reference_maps(models, settings)
-
-        arrays = self._simulate(maps, per_structure, settings)
+        found = self.structures(settings)
+        arrays = self._simulate(found.maps, per_structure, settings)
         x = arrays["x"][:, None]
         structure = arrays["structure"]
         poses = np.concatenate([arrays["quaternions"], arrays["shifts"]], axis=1).astype(np.float32)
-        content, conformation = composition_of[structure], conformation_of[structure]
+        content, conformation = found.composition_of[structure], found.conformation_of[structure]
         train, test, how = split_indices(content, conformation, float(self.options["test_fraction"]))
 
         def split(idx: np.ndarray) -> Split:
             return Split(x[idx], content[idx], conformation[idx], poses[idx])
 
         return DataBundle(
-            train=split(train), test=split(test), class_names=compositions,
-            provenance={"source": "procedural pseudo-atomic complexes (dcbench_plugins.subtomo.procedural)",
-                        "structures": [m.name for m in models], "per_structure": per_structure,
+            train=split(train), test=split(test), class_names=found.compositions,
+            provenance={"source": found.source, "structures": found.names, "per_structure": per_structure,
                         "simulation_seed": int(self.options["simulation_seed"]), "simulation": settings.as_dict(),
                         "preprocessing": "per-volume z-score", "split": how,
                         "transform_params": "qw, qx, qy, qz, shift_x, shift_y, shift_z (voxels)"},
-            references=ReferenceMaps(maps, composition_of, conformation_of, [m.name for m in models],
+            references=ReferenceMaps(found.maps, found.composition_of, found.conformation_of, found.names,
                                      voxel=settings.voxel),
-            conformation_names=conformations,
+            conformation_names=found.conformation_names,
             ctf=settings.ctf_parameters() if settings.ctf else None,
         )
 
