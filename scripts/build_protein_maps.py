@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structures", type=Path, default=ROOT.parent / "shared" / "structures")
     parser.add_argument("--out", type=Path, default=DATA_DIR)
+    parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "subtomo-proteins-maps.png")
     args = parser.parse_args()
     settings = SimulationSettings()
     models = build_models(args.structures)
@@ -53,8 +54,37 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out / MAPS_FILE, maps=maps.astype(np.float32))
     (args.out / METADATA_FILE).write_text(json.dumps(metadata, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    draw_maps(maps, entries, compositions, args.figure)
     for entry in entries:
         print(f"{entry['name']:38s} {entry['pdb_id']}  map difference {entry['map_difference']:.3f}")
+    print(f"wrote {args.out / MAPS_FILE}, {args.out / METADATA_FILE} and {args.figure}")
+
+
+def draw_maps(maps: np.ndarray, entries: list[dict], compositions: list[str], target: Path) -> None:
+    """One row per composition, one column per conformation: each map's projections along z and y."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = max(sum(e["composition"] == c for e in entries) for c in compositions)
+    figure, axes = plt.subplots(len(compositions), columns, figsize=(2.2 * columns, 2.6 * len(compositions)))
+    for row, composition in enumerate(compositions):
+        members = [i for i, e in enumerate(entries) if e["composition"] == composition]
+        for column, ax in enumerate(axes[row]):
+            ax.axis("off")
+            if column >= len(members):
+                continue
+            index = members[column]
+            pair = np.concatenate([maps[index].sum(0), maps[index].sum(1)], axis=1)  # along z | along y
+            ax.imshow(pair, cmap="gray_r")
+            entry = entries[index]
+            ax.set_title(f"{entry['conformation']}\n{entry['pdb_id']}  diff {entry['map_difference']:.2f}", fontsize=7)
+    figure.suptitle("subtomo-proteins: noise-free maps, projected along z | along y (rows: compositions)", fontsize=9)
+    figure.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
