@@ -181,6 +181,35 @@ def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: st
                            f"and the logs in {folder / 'logs'}")
 
 
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--load-data", is_flag=True, help="Name the classes by loading the run's dataset again (runs whose "
+              "codes.npz has no names); without it such runs show label ids.")
+def report_command(run_dir: Path, load_data: bool) -> None:
+    """(Re)write the classification report of the finished run RUN_DIR from its codes.npz (no retraining)."""
+    from dcbench.classification_report import rewrite
+
+    click.echo(rewrite(run_dir, load_data))
+
+
+@cli.command("calibrate")
+@click.option("--dataset", "-d", required=True, help="Dataset name (see `dcbench list`).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Seeds: 0-4, 0,3,7-9 ...")
+@click.option("--set", "assignments", multiple=True, metavar="data.OPTION=VALUE", help="As for `dcbench run`.")
+@click.option("--data-root", type=click.Path(path_type=Path), help="Where the dataset's files are.")
+@click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--leaderboard-dir", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True)
+def calibrate_command(dataset: str, seeds: str, assignments: tuple[str, ...], data_root: Path | None, runs_dir: Path,
+                      leaderboard_dir: Path) -> None:
+    """Add a dataset's reference rows to its leaderboard: labels as codes (ceiling) and shuffled labels
+    (floor), scored by its ARI and AUC-FSC metrics on its data (docs/calibration.md)."""
+    from dcbench.calibration import run_calibration
+
+    board = run_calibration(dataset, seeds, assignments, data_root, runs_dir, leaderboard_dir,
+                            echo=lambda line: click.echo(line, err=True))
+    click.echo(board.read_text(encoding="utf-8"))
+
+
 @cli.command("leaderboard")
 @click.argument("dataset", required=False)
 @click.option("--leaderboard-dir", type=click.Path(path_type=Path), default=Path("leaderboards"),

@@ -88,8 +88,10 @@ def _reason(exc: OSError) -> str:
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
-FIGURE_FILES = {"transfer grid": "transfer_grid.png", "embedding": "content_embedding.png",
-                "montage": "volume_montage.png", "cluster averages": "fsc_averages.png"}
+# kind -> file in the run folder; a seed-0 row links each one its run has, in this order
+FIGURE_FILES = {"transfer grid": "figures/transfer_grid.png", "embedding": "figures/content_embedding.png",
+                "montage": "figures/volume_montage.png", "cluster averages": "figures/fsc_averages.png",
+                "classification report": "classification_report.md", "confusion matrices": "classification_report.png"}
 GALLERY_SEED = 0  # the seed whose figures the leaderboard shows
 GALLERY_COLUMNS = 3
 
@@ -98,21 +100,29 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._" else "-" for ch in text).strip("-")
 
 
-def publish_figures(directory: Path, row: dict[str, Any], figures_dir: Path) -> None:
-    """Copy a seed-0 run's figures into `directory`/figures and note their paths in the row
-    (relative to the leaderboard), so the Markdown can show every method side by side."""
+def publish_figures(directory: Path, row: dict[str, Any], run_dir: Path) -> None:
+    """Copy a seed-0 run's figures and reports (FIGURE_FILES) into `directory`/figures and note
+    their paths in the row (relative to the leaderboard), so the Markdown can show every method
+    side by side. A Markdown report's links to files published with it are rewritten to their
+    published names."""
     if row.get("seed") != GALLERY_SEED:
         return
-    published = {}
-    for kind, filename in FIGURE_FILES.items():
-        source = Path(figures_dir) / filename
-        if not source.exists():
-            continue
-        name = f"{row['dataset']}-{row['method']}-{_slug(row['preset'])}-seed{row['seed']}-{_slug(kind)}.png"
-        atomic.write_bytes(Path(directory) / "figures" / name, source.read_bytes())
-        published[kind] = f"figures/{name}"
-    if published:
-        row["figures"] = published
+    prefix = f"{row['dataset']}-{_slug(row['method'])}-{_slug(row['preset'])}-seed{row['seed']}"
+    names = {kind: f"{prefix}-{_slug(kind)}{Path(path).suffix}" for kind, path in FIGURE_FILES.items()
+             if (Path(run_dir) / path).exists()}
+    for kind, name in names.items():
+        source = Path(run_dir) / FIGURE_FILES[kind]
+        data = source.read_bytes()
+        if source.suffix == ".md":  # links relative to the report's folder: point them at the copies
+            text = data.decode("utf-8")
+            for other, other_name in names.items():
+                relative = Path(FIGURE_FILES[other])
+                if relative.parent == Path(FIGURE_FILES[kind]).parent:
+                    text = text.replace(f"]({relative.name})", f"]({other_name})")
+            data = text.encode("utf-8")
+        atomic.write_bytes(Path(directory) / "figures" / name, data)
+    if names:
+        row["figures"] = {kind: f"figures/{name}" for kind, name in names.items()}
 
 
 def render(directory: Path, dataset: str, reported: dict[str, dict[str, float]] | None = None,
@@ -227,6 +237,7 @@ def render_markdown(dataset: str, rows: list[dict[str, Any]], reported: dict[str
         "If a (method, preset, seed) was run more than once, only its last appended row counts here; "
         "the older lines stay in the jsonl as history.",
         "The preset column names the training budget (preset plus any overrides; see Budgets below). "
+        + CALIBRATION_NOTE * any(row.get("calibration") for row in rows) +
         "Rows labelled *reported* are numbers published in the paper, not reruns, and are not ranked"
         + (f" ({reported_source})." if reported_source else "."),
         "",
@@ -317,6 +328,8 @@ def _group(rows: list[dict[str, Any]]) -> OrderedDict[tuple[str, str], list[dict
 def _budgets(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]]) -> list[list[Any]]:
     out = []
     for (method, preset), members in groups.items():
+        if members[-1].get("calibration"):  # `dcbench calibrate` rows trained nothing
+            continue
         budget = members[-1].get("budget", {})
         times = sorted(m.get("train_seconds", float("nan")) for m in members)
         median = times[len(times) // 2]
@@ -327,6 +340,9 @@ def _budgets(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]]) -> list
 
 
 NOT_RECORDED = "raw (not recorded)"
+CALIBRATION_NOTE = ("Rows with preset *reference* are calibration, computed from this dataset by `dcbench calibrate`: "
+                    "*labels (ceiling)* scores the true labels as codes, *shuffled labels (floor)* the same labels "
+                    "shuffled over the particles. They are ranked like methods: read every result between them. ")
 
 
 def _network_input(budget: dict[str, Any]) -> str:

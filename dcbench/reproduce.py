@@ -47,16 +47,23 @@ def spec_from_label(label: str) -> dict[str, Any]:
 def cells_from_rows(rows: list[dict[str, Any]], presets: list[str] | None = None,
                     methods: list[str] | None = None) -> list[Cell]:
     """The distinct (method, preset label, seed) cells of a leaderboard, optionally filtered;
-    a cell run more than once is rerun as its newest row (the one the page shows)."""
+    a cell run more than once is rerun as its newest row (the one the page shows). Calibration
+    rows (`dcbench calibrate`) are not runs of a method and are left out."""
     cells: dict[tuple[str, str, int], Cell] = {}
     for row in leaderboard.latest_rows(rows):
-        if presets and row["preset"] not in presets or methods and row["method"] not in methods:
+        if not _selected(row, presets, methods):
+            continue
+        if row.get("calibration"):  # no method to rerun: `dcbench calibrate` recomputes these rows
             continue
         spec = row.get("spec") or spec_from_label(row["preset"])
         cell = Cell(row["method"], row["dataset"], int(row["seed"]), spec["preset"], spec["epochs"],
                     tuple(sorted(spec["overrides"].items())), tuple(spec.get("metrics") or ()), row["preset"])
         cells.setdefault((cell.method, cell.label, cell.seed), cell)
     return [cells[key] for key in sorted(cells)]
+
+
+def _selected(row: dict[str, Any], presets: list[str] | None, methods: list[str] | None) -> bool:
+    return not (presets and row["preset"] not in presets or methods and row["method"] not in methods)
 
 
 def load_cells(leaderboard_dir: Path, dataset: str, presets: list[str] | None = None,
@@ -66,6 +73,9 @@ def load_cells(leaderboard_dir: Path, dataset: str, presets: list[str] | None = 
         raise DcbenchError(f"no leaderboard rows for '{dataset}' in {leaderboard_dir}; "
                            "see `dcbench leaderboard` for the ones there are")
     cells = cells_from_rows(rows, presets, methods)
+    if not cells and any(r.get("calibration") and _selected(r, presets, methods) for r in rows):
+        raise DcbenchError(f"the rows of '{dataset}' that match are calibration rows, which no method made; "
+                           f"recompute them with `dcbench calibrate -d {dataset}`")
     if not cells:
         available = sorted({r["preset"] for r in rows})
         raise DcbenchError(f"no rows of '{dataset}' match the filters; its presets are: " + "; ".join(available))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dcbench import atomic, cells, leaderboard
+from dcbench import atomic, cells, classification_report, leaderboard
 from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, Split
 from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
 from dcbench.errors import DataError, DcbenchError
@@ -98,6 +98,22 @@ def check_data(data: DataBundle, dataset: type[Dataset]) -> None:
                             "clean the input files")
 
 
+def load_data(dataset_cls: type[Dataset], data_settings: dict[str, Any], data_root: Path | None,
+              seed: int) -> DataBundle:
+    """The dataset's splits as a run sees them: its options applied, `data.train_size` /
+    `data.test_size` subsampling (seeded), and checked (also used by `dcbench calibrate`)."""
+    dataset = dataset_cls(data_root=data_root, **dataset_options(data_settings))
+    try:
+        data = dataset.load(seed)
+    except ValueError as exc:  # e.g. Split's shape checks: a plugin handed over unusable arrays
+        raise DataError(f"dataset '{dataset_cls.name}' produced unusable data: {exc}; fix the dataset plugin "
+                        "or its input files") from exc
+    data = dataclasses.replace(data, train=subsample(data.train, data_settings["data.train_size"], seed),
+                               test=subsample(data.test, data_settings["data.test_size"], seed))
+    check_data(data, dataset_cls)
+    return data
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Let SIGTERM (a Slurm time limit, `kill`) end a run like Ctrl-C does, so that its record
@@ -122,6 +138,10 @@ def save_codes(path: Path, train: Codes, test: Codes, data: DataBundle) -> None:
             arrays[f"{name}_assignments"] = codes.assignments
     if data.test.conformation is not None:
         arrays["test_conformation"] = data.test.conformation
+    # the label names, so that `dcbench report` can name classes without loading the data again
+    for key in ("class_names", "conformation_names"):
+        if getattr(data, key):
+            arrays[key] = np.array([str(name) for name in getattr(data, key)])
     atomic.write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
@@ -203,22 +223,14 @@ def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float
            # What `dcbench reproduce` needs to rerun this row exactly.
            "spec": {"preset": spec.preset, "epochs": spec.epochs, "overrides": spec.overrides,
                     "metrics": [m.name for m in p.metrics]}}
-    leaderboard.publish_figures(spec.leaderboard_dir, row, record.path / "figures")
+    leaderboard.publish_figures(spec.leaderboard_dir, row, record.path)
     return leaderboard.append_row(spec.leaderboard_dir, spec.dataset, row, p.dataset_cls.reported,
                                   p.dataset_cls.reported_source)
 
 
 def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any]]:
     with record.phase("load_data"):
-        dataset = p.dataset_cls(data_root=spec.data_root, **dataset_options(p.data_settings))
-        try:
-            data = dataset.load(spec.seed)
-        except ValueError as exc:  # e.g. Split's shape checks: a plugin handed over unusable arrays
-            raise DataError(f"dataset '{spec.dataset}' produced unusable data: {exc}; fix the dataset plugin "
-                            "or its input files") from exc
-        data = dataclasses.replace(data, train=subsample(data.train, p.data_settings["data.train_size"], spec.seed),
-                                   test=subsample(data.test, p.data_settings["data.test_size"], spec.seed))
-        check_data(data, p.dataset_cls)
+        data = load_data(p.dataset_cls, p.data_settings, spec.data_root, spec.seed)
     with record.phase("build"):
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)
         method.training_state = record.path / TRAINING_STATE
@@ -253,6 +265,7 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
 
         write_run_figures(method, data, test_codes, record.path / "figures", f"{spec.method} on {spec.dataset}",
                           spec.seed)
+        classification_report.write_for_run(record.path, method, data, test_codes, spec.seed)  # 3D runs only
     budget = {"epochs": p.config["epochs"], "train_size": len(fit_split),  # train + test for transductive methods
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
     # What the networks saw, for methods with settings for it (volumes: dcbench.volume_input).

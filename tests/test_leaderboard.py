@@ -101,7 +101,7 @@ def test_seed_zero_figures_are_published_and_shown_side_by_side(tmp_path: Path) 
     for method, generative, seed in (("gen", True, 0), ("gen", True, 1), ("disc", False, 0)):
         row = {"method": method, "dataset": "toy", "preset": "quick epochs=2", "seed": seed, "generative": generative,
                "metrics": {"D(c|c)": 0.5}, "directions": {"D(c|c)": "max"}}
-        leaderboard.publish_figures(board, row, figures if generative else tmp_path / "nothing")
+        leaderboard.publish_figures(board, row, figures.parent if generative else tmp_path / "nothing")
         assert ("figures" in row) == (seed == 0 and generative)
         leaderboard.append_row(board, "toy", row)
     published = board / "figures" / "toy-gen-quick-epochs-2-seed0-transfer-grid.png"

@@ -24,18 +24,17 @@ import math
 import numpy as np
 
 from dcbench.api import Metric, MetricInput
+from dcbench.clustering import kmeans
 
 
 def cluster_ari(codes: np.ndarray, labels: np.ndarray, seed: int) -> float:
     """ARI between `labels` and a k-means clustering of `codes` into as many clusters."""
-    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     k = len(np.unique(labels))
     if k < 2 or len(codes) <= k:
         return math.nan
-    clusters = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(codes, np.float64))
-    return float(adjusted_rand_score(labels, clusters))
+    return float(adjusted_rand_score(labels, kmeans(codes, k, seed)))
 
 
 class ARI(Metric):

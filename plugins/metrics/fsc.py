@@ -31,12 +31,12 @@ agrees. No missing-wedge compensation.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import ClassVar
 
 import numpy as np
 
 from dcbench.api import Metric, MetricInput
+from dcbench.clustering import kmeans
 from dcbench.figures import volume_montage
 from dcbench_plugins.metrics.fourier_shell import auc_fsc
 from dcbench_plugins.subtomo import alignment, physics, rotations
@@ -122,16 +122,11 @@ class FSC(Metric):
 
 
 def _kmeans(codes: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Cluster labels 0 .. k - 1 of the codes (as the ari metric clusters them)."""
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-
+    """Cluster labels 0 .. k - 1 of the codes (as the ari metric clusters them; empty clusters
+    of collapsed codes are scored 0 by compute)."""
     if k < 2:
         return np.zeros(len(codes), dtype=int)
-    with warnings.catch_warnings():
-        # collapsed codes leave clusters empty, which compute scores as 0; no need to warn too
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(codes, np.float64))
+    return kmeans(codes, k, seed)
 
 
 def _filter(volumes: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""`spectrum`: a training-free, rotation- and shift-invariant calibration baseline."""
