@@ -232,15 +232,10 @@ def report_from_run(run_dir: Path, load_names: bool = False) -> dict[str, Any]:
     """The report of a finished run, from its codes.npz and config.json, without retraining.
     Class names come from codes.npz (runs since the report exists), else from the dataset loaded
     again when `load_names`, else they are the label ids."""
-    from dcbench.records import read_json_or_none
     from dcbench.registry import get_registry
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DcbenchError(f"{run_dir} is not a folder; give a run folder (runs/<dataset>/<method>/<run>)")
-    config = read_json_or_none(run_dir / "config.json")
-    if not isinstance(config, dict) or not isinstance(config.get("seed"), int) or "method" not in config:
-        raise DcbenchError(f"{run_dir} has no readable config.json with a method and seed; is it a dcbench run folder?")
+    config = _config(run_dir)
     arrays = _read_codes(run_dir)
     seed = int(config["seed"])
     class_names, conformation_names = ([str(v) for v in arrays[key].tolist()] if key in arrays else None
@@ -261,6 +256,25 @@ def report_from_run(run_dir: Path, load_names: bool = False) -> dict[str, Any]:
 def _about(config: dict[str, Any]) -> dict[str, Any]:
     """What the report's title names, from a run's config.json (the runner passes the same)."""
     return {"method": config.get("method"), "dataset": config.get("dataset"), "preset": config.get("preset_label")}
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config.json, checked to name a method, a dataset and a seed."""
+    from dcbench.records import read_json_or_none
+
+    if not Path(run_dir).is_dir():
+        raise DcbenchError(f"{run_dir} is not a folder; give a run folder (runs/<dataset>/<method>/<run>)")
+    config = read_json_or_none(Path(run_dir) / "config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("seed"), int) or "method" not in config \
+            or not isinstance(config.get("dataset"), str):
+        raise DcbenchError(f"{run_dir} has no readable config.json with a method, dataset and seed; is it a dcbench "
+                           "run folder?")
+    return config
+
+
+def run_dataset(run_dir: Path) -> str:
+    """The dataset a finished run used (its config.json)."""
+    return str(_config(run_dir)["dataset"])
 
 
 def rewrite(run_dir: Path, load_names: bool = False) -> str:

@@ -185,11 +185,18 @@ def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: st
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--load-data", is_flag=True, help="Name the classes by loading the run's dataset again (runs whose "
               "codes.npz has no names); without it such runs show label ids.")
-def report_command(run_dir: Path, load_data: bool) -> None:
+@click.option("--leaderboard-dir", type=click.Path(path_type=Path), help="Also link the report from this board "
+              "(seed 0: the run's row is appended again with its files published; its metrics are unchanged).")
+def report_command(run_dir: Path, load_data: bool, leaderboard_dir: Path | None) -> None:
     """(Re)write the classification report of the finished run RUN_DIR from its codes.npz (no retraining)."""
-    from dcbench.classification_report import rewrite
+    from dcbench.classification_report import rewrite, run_dataset
 
     click.echo(rewrite(run_dir, load_data))
+    if leaderboard_dir is not None:
+        from dcbench import leaderboard
+
+        board = leaderboard.republish(leaderboard_dir, run_dataset(run_dir), run_dir)
+        click.echo(f"updated {board}" if board else f"{leaderboard_dir}: no seed-0 row of {run_dir}; unchanged")
 
 
 @cli.command("calibrate")

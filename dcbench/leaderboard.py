@@ -22,6 +22,7 @@ from typing import Any
 from filelock import FileLock
 
 from dcbench import atomic, stats
+from dcbench.records import utc_now
 
 ARROWS = {"max": "↑", "min": "↓"}
 ROW_KEYS = ("method", "preset", "seed", "metrics")  # what rendering needs of every row
@@ -123,6 +124,21 @@ def publish_figures(directory: Path, row: dict[str, Any], run_dir: Path) -> None
         atomic.write_bytes(Path(directory) / "figures" / name, data)
     if names:
         row["figures"] = {kind: f"figures/{name}" for kind, name in names.items()}
+
+
+def republish(directory: Path, dataset: str, run_dir: Path,
+              reported: dict[str, dict[str, float]] | None = None, reported_source: str = "") -> Path | None:
+    """Append the latest row of the run `run_dir` again with its figures and reports published
+    anew (files added to the run folder after its row was appended, e.g. by `dcbench report`).
+    The metrics are the row's own; the older line stays as history. None if the board has no row
+    of that run or the run is not the gallery seed."""
+    target = Path(run_dir).resolve()
+    rows = [r for r in read_rows(directory, dataset) if Path(str(r.get("run", ""))).resolve() == target]
+    if not rows or rows[-1].get("seed") != GALLERY_SEED:
+        return None
+    row = {**rows[-1], "republished_at": utc_now()}
+    publish_figures(directory, row, target)
+    return append_row(directory, dataset, row, reported, reported_source)
 
 
 def render(directory: Path, dataset: str, reported: dict[str, dict[str, float]] | None = None,

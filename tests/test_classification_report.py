@@ -183,6 +183,21 @@ def test_dcbench_report_rewrites_identical_json_from_codes_npz(finished_run: Pat
     assert path.read_text() == written
 
 
+def test_dcbench_report_links_a_report_written_after_the_row_from_the_board(finished_run: Path,
+                                                                           tmp_path: Path) -> None:
+    boards = tmp_path / "boards"
+    jsonl = boards / "tiny-conformations.jsonl"
+    row = json.loads(jsonl.read_text().splitlines()[-1])
+    del row["figures"]  # as a run finished before the report existed
+    jsonl.write_text(json.dumps(row) + "\n")
+    result = CliRunner().invoke(cli, ["report", str(finished_run), "--leaderboard-dir", str(boards)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(lines) == 2 and lines[1]["metrics"] == lines[0]["metrics"] and "republished_at" in lines[1]
+    assert "[classification report](figures/" in (boards / "tiny-conformations.md").read_text()
+    assert "| 1 " in (boards / "tiny-conformations.md").read_text()  # still one run on the page (n = 1)
+
+
 def test_old_runs_without_names_show_ids_or_load_the_names_again(finished_run: Path) -> None:
     codes = finished_run / "codes.npz"
     with np.load(codes) as npz:
