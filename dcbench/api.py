@@ -134,6 +134,9 @@ class Dataset(abc.ABC):
     # Options a user sets with `--set data.<option>=value` (e.g. a file path), with their
     # defaults; the value's type decides how the text is parsed (None or str: kept as text).
     option_defaults: ClassVar[dict[str, Any]] = {}
+    # The type of an option whose default is None (e.g. {"checksums": dict}); dicts and lists
+    # are given as JSON. Values are typed while planning, before any run folder exists.
+    option_types: ClassVar[dict[str, type]] = {}
 
     def __init__(self, data_root: Path | None = None, **options: Any) -> None:
         self.data_root = data_root
@@ -219,6 +222,13 @@ class Method(abc.ABC):
         """Raise DcbenchError (one line) if the method cannot run here with this configuration,
         e.g. an external program it drives is missing. The runner calls it before any work."""
         return None
+
+    @classmethod
+    def external_programs(cls, config: dict[str, Any]) -> list[str]:
+        """The programs outside Python this configuration would run (paths or names), if any.
+        `dcbench reproduce` shows them and runs them only with --allow-external, because a
+        leaderboard row's settings may come from someone else."""
+        return []
 
     def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:
         self.config = config

@@ -22,6 +22,7 @@ and one leaderboard row with `"calibration": "ceiling"` or `"floor"` and the pre
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from dcbench.config import parse_assignments, preset_label, resolve_method_confi
 from dcbench.errors import DcbenchError
 from dcbench.records import RunRecord, environment, utc_now
 from dcbench.registry import Registry, get_registry
+from dcbench.settings_checks import check_seeds
 
 PRESET = "reference"
 REFERENCES = {"ceiling": "labels (ceiling)", "floor": "shuffled labels (floor)"}
@@ -87,6 +89,7 @@ def calibrated_datasets(registry: Registry) -> list[str]:
 def plan(dataset: str, seeds: Sequence[int], assignments: Sequence[str], registry: Registry) -> CalibrationPlan:
     if not seeds:
         raise DcbenchError("--seeds names no seed")
+    check_seeds(seeds)
     dataset_cls = registry.load("dataset", dataset)
     metric_classes = [registry.load("metric", name) for name in dataset_cls.default_metrics]
     metrics = [cls() for cls in metric_classes if calibrated(cls)]
@@ -95,7 +98,8 @@ def plan(dataset: str, seeds: Sequence[int], assignments: Sequence[str], registr
                            f"ari, fsc); datasets that have one: {', '.join(calibrated_datasets(registry)) or 'none'}")
     overrides = parse_assignments(list(assignments))
     # Data settings only (data.train_size, data.<option>): there is no method to configure.
-    _, data_settings = resolve_method_config({}, overrides, None, "calibrate", dict(dataset_cls.option_defaults))
+    _, data_settings = resolve_method_config({}, overrides, None, "calibrate", dict(dataset_cls.option_defaults),
+                                             dataset_cls.option_types)
     return CalibrationPlan(dataset, dataset_cls, metrics, data_settings, overrides,
                            preset_label(PRESET, overrides, None), list(seeds))
 
@@ -130,9 +134,10 @@ def reference_codes(kind: str, data: DataBundle, seed: int) -> tuple[Codes, Code
 
 def run_calibration(dataset: str, seeds_text: str, assignments: Sequence[str], data_root: Path | None,
                     runs_dir: Path, leaderboard_dir: Path, echo: Callable[[str], None] = print,
-                    registry: Registry | None = None) -> Path:
+                    registry: Registry | None = None) -> Path | None:
     """Compute both reference rows for every seed and append them to the dataset's
-    leaderboard; returns its Markdown path. All input is checked before any data is loaded."""
+    leaderboard; returns its Markdown path (None if the page could not be re-rendered: a warning
+    says why). All input is checked before any data is loaded."""
     from dcbench.sweep import parse_seeds
 
     registry = registry or get_registry()
@@ -147,8 +152,9 @@ def run_calibration(dataset: str, seeds_text: str, assignments: Sequence[str], d
 
 
 def calibrate_seed(p: CalibrationPlan, seed: int, data_root: Path | None, runs_dir: Path, leaderboard_dir: Path,
-                   echo: Callable[[str], None] = print) -> Path:
-    """Both reference rows of one seed (one data load); returns the leaderboard's Markdown path."""
+                   echo: Callable[[str], None] = print) -> Path | None:
+    """Both reference rows of one seed (one data load); returns the leaderboard's Markdown path
+    (None if the page could not be re-rendered)."""
     from dcbench.runner import load_data
 
     names = ", ".join(m.name for m in p.metrics)
@@ -164,21 +170,29 @@ def calibrate_seed(p: CalibrationPlan, seed: int, data_root: Path | None, runs_d
                   "preset_label": p.label, "metrics": [m.name for m in p.metrics], "data_root": data_root,
                   "overrides": p.overrides, "data": p.data_settings}
         record = RunRecord.create(runs_dir, f"calibration-{kind}", p.dataset, seed, config)
+        finished: list[RunRecord] = []  # filled when its row goes in: a later error must not unmark it
         try:
             record.provenance.update(environment=env, device="cpu",
                                      data={"train_size": len(data.train), "test_size": len(data.test),
                                            **data.provenance})
             record.provenance["phases_s"]["load_data"] = load_s  # one load serves both references
             metrics = _score(p, kind, data, seed, record)
-            board = _publish(p, kind, seed, metrics, record, env, leaderboard_dir)
-            record.finish(metrics=metrics)
+            board = _publish(p, kind, seed, metrics, record, env, leaderboard_dir,
+                             functools.partial(_finish, record, metrics, finished))
         except BaseException as exc:
+            if finished:
+                raise
             record.fail(str(exc) or type(exc).__name__,
                         status="interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed")
             raise
         shown = ", ".join(f"{column} {value:.3f}" for column, value in metrics.items())
         echo(f"  {method}: {shown} ({time.perf_counter() - started:.0f} s) -> {record.path}")
     return board
+
+
+def _finish(record: RunRecord, metrics: dict[str, float], finished: list[RunRecord]) -> None:
+    record.finish(metrics=metrics)
+    finished.append(record)
 
 
 def _score(p: CalibrationPlan, kind: str, data: DataBundle, seed: int, record: RunRecord) -> dict[str, float]:
@@ -198,9 +212,9 @@ def _score(p: CalibrationPlan, kind: str, data: DataBundle, seed: int, record: R
 
 
 def _publish(p: CalibrationPlan, kind: str, seed: int, metrics: dict[str, float], record: RunRecord,
-             env: dict[str, Any], leaderboard_dir: Path) -> Path:
+             env: dict[str, Any], leaderboard_dir: Path, finish: Callable[[], None]) -> Path | None:
     """The row a run would append (runner._publish), marked as calibration; no budget, since
-    nothing trained."""
+    nothing trained. finish() marks the record finished in the same step as the row goes in."""
     row = {"method": REFERENCES[kind], "dataset": p.dataset, "preset": p.label, "seed": seed, "metrics": metrics,
            "directions": {c: d for m in p.metrics for c, d in m.columns.items()}, "calibration": kind,
            "run": str(record.path), "finished_at": utc_now(), "dcbench": env["dcbench"],
@@ -209,4 +223,4 @@ def _publish(p: CalibrationPlan, kind: str, seed: int, metrics: dict[str, float]
                     "metrics": [m.name for m in p.metrics]}}
     leaderboard.publish_figures(leaderboard_dir, row, record.path)  # seed 0: the cluster averages
     return leaderboard.append_row(leaderboard_dir, p.dataset, row, p.dataset_cls.reported,
-                                  p.dataset_cls.reported_source)
+                                  p.dataset_cls.reported_source, commit=finish)

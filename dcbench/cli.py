@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
-from dcbench import __version__
-from dcbench.errors import DcbenchError
+from dcbench import __version__, exits
+from dcbench.errors import DcbenchError, format_warning
 
-DEBUG_ENV = "DCBENCH_DEBUG"
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+warnings.formatwarning = format_warning  # dcbench's own warnings (a skipped leaderboard line): one line each
 
 
 def _report_problems(registry) -> None:
@@ -69,8 +67,9 @@ def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, 
                 resume: bool) -> None:
     """Train METHOD on DATASET, score it, record the run and update the leaderboard."""
     from dcbench.config import RunSpec, parse_assignments
+    from dcbench.interrupts import as_error, sigterm_as_interrupt
     from dcbench.registry import get_registry
-    from dcbench.runner import execute, sigterm_as_interrupt
+    from dcbench.runner import execute
 
     spec = RunSpec(method=method, dataset=dataset, metrics=list(metrics), seed=seed, preset=preset,
                    epochs=epochs, device=device, overrides=parse_assignments(assignments),
@@ -81,9 +80,9 @@ def run_command(method: str, dataset: str, metrics: tuple[str, ...], seed: int, 
     try:
         with sigterm_as_interrupt():
             result = execute(spec, registry, resume=resume)
-    except KeyboardInterrupt:
-        raise DcbenchError("interrupted; the run folder records how far it got, and the same command with "
-                           "--resume continues it") from None
+    except KeyboardInterrupt as exc:  # exits 130 (Ctrl-C) or 143 (SIGTERM)
+        raise as_error(exc, "the run folder records how far it got, and the same command with --resume "
+                       "continues it") from None
     if result.already_finished:
         click.echo(f"this cell already has a finished run, nothing to do: {result.run_dir}")
         return
@@ -155,8 +154,10 @@ def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: st
         click.echo(f"{len(cells)} cells; {description}\n")
         click.echo(sweep.plan_table(cells))
         return
-    folder = sweep.new_sweep_folder(runs_dir)
+    sweep.check_not_all_refused(cells)  # this, --jobs and the executor's options: before the sweep folder exists
+    folder = sweep.new_sweep_folder(runs_dir, create=False)
     runner = executor_cls(jobs, folder, options)
+    folder.mkdir(parents=True)
     header = {"command": sys.argv, "executor": runner.describe(), "overwrite": overwrite, "retries": retries}
     todo = sum(c.action in ("run", "continue") for c in cells)
     click.echo(f"sweep {folder}: {len(cells)} cells, {todo} to run; {runner.describe()}; logs in {folder / 'logs'}",
@@ -165,11 +166,13 @@ def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: st
         if cell.action == "refuse":
             click.echo(f"refused: {cell.label}: {cell.reason}", err=True)
     started = time.perf_counter()
-    from dcbench.runner import sigterm_as_interrupt
+    from dcbench.interrupts import as_error, sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():  # stopping the sweep stops its cells, whose records say "interrupted"
             sweep.run_cells(cells, runner, folder, retries)
+    except KeyboardInterrupt as exc:  # exits 130 (Ctrl-C) or 143 (SIGTERM)
+        raise as_error(exc, "the same command continues the unfinished cells") from None
     finally:
         header["seconds"] = round(time.perf_counter() - started, 1)
         sweep.write_summary(folder, cells, header)
@@ -214,7 +217,8 @@ def calibrate_command(dataset: str, seeds: str, assignments: tuple[str, ...], da
 
     board = run_calibration(dataset, seeds, assignments, data_root, runs_dir, leaderboard_dir,
                             echo=lambda line: click.echo(line, err=True))
-    click.echo(board.read_text(encoding="utf-8"))
+    if board is not None:  # None: the page could not be re-rendered (a warning said why)
+        click.echo(board.read_text(encoding="utf-8"))
 
 
 @cli.command("leaderboard")
@@ -253,27 +257,33 @@ def leaderboard_command(dataset: str | None, leaderboard_dir: Path) -> None:
 @click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--data-root", type=click.Path(path_type=Path), help="Where the dataset's files are.")
-@click.option("--dry-run", is_flag=True, help="Print the runs it would do and stop.")
+@click.option("--dry-run", is_flag=True, help="Print the runs it would do (and programs they would start) and stop.")
+@click.option("--allow-external", is_flag=True, help="Let the runs start the programs outside dcbench that the rows' "
+              "settings name (e.g. hydra's exe); without it such rows are refused. See --dry-run.")
 def reproduce_command(dataset: str, presets: tuple[str, ...], methods: tuple[str, ...], leaderboard_dir: Path,
-                      into: Path, runs_dir: Path, device: str, data_root: Path | None, dry_run: bool) -> None:
+                      into: Path, runs_dir: Path, device: str, data_root: Path | None, dry_run: bool,
+                      allow_external: bool) -> None:
     """Rerun every row of DATASET's leaderboard with its recorded settings (method, seed, preset,
     epochs, --set overrides, metrics) and write the new rows to a separate leaderboard."""
     from dcbench import reproduce
-
-    cells = reproduce.load_cells(leaderboard_dir, dataset, list(presets), list(methods))
-    click.echo(f"{len(cells)} runs to reproduce from {leaderboard_dir / (dataset + '.jsonl')}", err=True)
-    if dry_run:
-        click.echo("\n".join(reproduce.command_line(cell) for cell in cells))
-        return
+    from dcbench.interrupts import sigterm_as_interrupt
     from dcbench.registry import get_registry
     from dcbench.runner import execute
 
+    cells = reproduce.load_cells(leaderboard_dir, dataset, list(presets), list(methods))
+    click.echo(f"{len(cells)} runs to reproduce from {leaderboard_dir / (dataset + '.jsonl')}", err=True)
     registry = get_registry()
     _report_problems(registry)
+    planned = reproduce.plan_runs(cells, runs_dir, into, device, data_root, registry)  # every row, before any runs
+    if dry_run:
+        click.echo("\n".join(reproduce.dry_run_lines(planned)))
+        return
+    reproduce.check_external(planned, allow_external)
     board = None
-    for number, cell in enumerate(cells, 1):
-        click.echo(f"[{number}/{len(cells)}] {reproduce.command_line(cell)}", err=True)
-        board = execute(reproduce.run_spec(cell, runs_dir, into, device, data_root), registry).leaderboard
+    with sigterm_as_interrupt():
+        for number, run in enumerate(planned, 1):
+            click.echo(f"[{number}/{len(planned)}] {reproduce.command_line(run.cell)}", err=True)
+            board = execute(run.spec, registry).leaderboard
     if board is not None:
         click.echo(board.read_text(encoding="utf-8"))
 
@@ -354,29 +364,11 @@ def import_mnist_command(source: Path, dest: Path | None) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and a non-zero exit."""
+    """Entry point: failures become one line on stderr and a non-zero exit (dcbench.exits)."""
     try:
         cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except DcbenchError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except Exception as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
-        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
-            # A full disk or a folder that turned read-only mid-run: the record says how far it got.
-            where = f" {exc.filename}" if exc.filename else ""
-            click.echo(f"error: cannot write{where}: {exc.strerror}; free some space or choose another "
-                       "--runs-dir / --leaderboard-dir, then rerun with --resume", err=True)
-        else:
-            click.echo(f"error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for the traceback)", err=True)
-        sys.exit(1)
+    except (Exception, KeyboardInterrupt) as exc:
+        sys.exit(exits.report(exc))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dcbench.errors import DcbenchError
 from dcbench.registry import unknown_name_message
+from dcbench.settings_checks import check_data_settings, check_method_config
 
 PRESETS = ("quick", "paper")
 # Settings the runner itself owns (everything else belongs to the method).
@@ -62,18 +64,36 @@ def coerce(key: str, text: str, default: Any) -> Any:
     return text
 
 
+def coerce_declared(key: str, text: str, default: Any, declared: type | None) -> Any:
+    """coerce(), for an option whose type is declared (Dataset.option_types) because its default
+    (None) does not show it: dicts and lists are read as JSON."""
+    if declared is None or isinstance(default, declared):
+        return coerce(key, text, default)
+    if declared in (dict, list):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, declared):
+            raise DcbenchError(f"setting '{key}' expects a {declared.__name__} written as JSON, got '{text}'")
+        return value
+    return coerce(key, text, declared())  # bool, int, float, str: the type's zero value gives the type
+
+
 def resolve_method_config(defaults: dict[str, Any], overrides: dict[str, str], epochs: int | None,
-                          method_name: str, dataset_options: dict[str, Any] | None = None
-                          ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Apply overrides to a method's defaults. Returns (method config, data settings): the
-    runner's data.train_size / data.test_size plus the dataset's own options as data.<option>."""
+                          method_name: str, dataset_options: dict[str, Any] | None = None,
+                          option_types: dict[str, type] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Apply overrides to a method's defaults, typed and range-checked. Returns (method config,
+    data settings): the runner's data.train_size / data.test_size plus the dataset's own options
+    as data.<option> (typed by their defaults, or by `option_types` where the default is None)."""
     config = dict(defaults)
     data = dict(DATA_SETTINGS)
     data.update({f"data.{key}": value for key, value in (dataset_options or {}).items()})
+    declared = {f"data.{key}": kind for key, kind in (option_types or {}).items()}
     for key, text in overrides.items():
         short = key.removeprefix("method.")
         if key in data:
-            data[key] = coerce(key, text, data[key])
+            data[key] = coerce_declared(key, text, data[key], declared.get(key))
         elif short in config:
             config[short] = coerce(key, text, config[short])
         else:
@@ -83,6 +103,8 @@ def resolve_method_config(defaults: dict[str, Any], overrides: dict[str, str], e
         if epochs < 1:
             raise DcbenchError(f"--epochs must be at least 1, got {epochs}")
         config["epochs"] = epochs
+    check_method_config(config, method_name)
+    check_data_settings(data)
     return config, data
 
 

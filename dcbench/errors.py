@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 
 class DcbenchError(Exception):
     """A problem the user can fix: the message says what was wrong and what to do."""
@@ -21,3 +23,20 @@ class TrainingDiverged(DcbenchError):
 
 class PluginError(DcbenchError):
     """A plugin is broken or two plugins claim one name."""
+
+
+class DcbenchWarning(UserWarning):
+    """Something dcbench worked around that the user should know about (a leaderboard line it
+    skipped, a page it could not re-render); the command line shows it as one 'warning:' line."""
+
+
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:
+    """warnings.formatwarning for the command line: a DcbenchWarning is one 'warning: ...' line
+    (no source file and line of dcbench's own code); other warnings keep Python's format."""
+    if issubclass(category, DcbenchWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning

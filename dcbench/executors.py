@@ -94,7 +94,8 @@ def run_cell(task: CellTask, on_record: Callable[[Path], None] | None = None) ->
         if task.threads:
             os.environ["OMP_NUM_THREADS"] = str(task.threads)
         try:
-            from dcbench.runner import execute, sigterm_as_interrupt
+            from dcbench.interrupts import sigterm_as_interrupt
+            from dcbench.runner import execute
 
             if task.threads:
                 import torch

@@ -14,6 +14,7 @@ from PIL import Image
 
 from dcbench import atomic
 from dcbench.api import Method, Split
+from dcbench.finite import checked_decode
 
 
 def one_per_class(split: Split) -> np.ndarray:
@@ -61,7 +62,8 @@ def transfer_grid(method: Method, test: Split, target: Path) -> Path:
     content = np.tile(codes.content, (n, 1))  # column j's content, repeated for each row
     transformation = np.repeat(codes.transformation, n, axis=0)  # row i's transformation
     shown = displayable(inputs)
-    generated = displayable(method.decode(content, transformation)).reshape(n, n, *shown.shape[1:])
+    decoded = checked_decode(method, content, transformation, "the transfer grid")
+    generated = displayable(decoded).reshape(n, n, *shown.shape[1:])
     cells: list[list[np.ndarray | None]] = [[None, *shown]]
     for i in range(n):
         cells.append([shown[i], *generated[i]])

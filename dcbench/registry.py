@@ -2,8 +2,12 @@
 
 Built-ins and third-party plugins go through the same pluggy hooks. Third-party packages are
 found through the entry-point group "dcbench" and loaded one by one, so a plugin that fails
-to import is reported and skipped instead of stopping dcbench. The environment variable
-DCBENCH_PLUGINS, when set, is an allow-list of entry-point names (empty = built-ins only).
+to import is reported and skipped instead of stopping dcbench: whatever it raises, SystemExit
+included (`sys.exit()` at import), except KeyboardInterrupt, which still stops dcbench (Ctrl-C,
+or SIGTERM through dcbench.interrupts: the user asked to stop). Registered names become folder
+and file names, so names with path separators, `..` or no visible characters are refused. The
+environment variable DCBENCH_PLUGINS, when set, is an allow-list of entry-point names (empty =
+built-ins only).
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ class Entry:
         try:
             module = importlib.import_module(module_name)
             return getattr(module, attr) if attr else module
-        except Exception as exc:  # a broken plugin must be reported, not crash with a traceback
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) is reported, not fatal
             raise PluginError(
                 f"{self.kind} '{self.name}' from plugin '{self.plugin}' failed to load "
                 f"({self.target}): {type(exc).__name__}: {exc}"
@@ -130,7 +136,9 @@ def _load_entry_points(pm: pluggy.PluginManager, registry: Registry) -> dict[str
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit too: a plugin must not end dcbench by importing it
             registry.problems.append(
                 f"plugin '{ep.name}' ({version}) failed to import and was skipped: {type(exc).__name__}: {exc}"
             )
@@ -169,17 +177,34 @@ def _call_register_hook(registry: Registry, kind: str, impl: Any, version: str) 
     """Run one plugin's register_* hook, attributing what it registers to that plugin."""
 
     def register(name: str, target: Any, description: str = "") -> None:
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin '{impl.plugin_name}' registered a {kind} without a name")
-        registry.add(Entry(kind, name, target, description.strip(), impl.plugin_name, version))
+        problem = name_problem(name)
+        if problem:  # refuse this one name; the plugin's other entries stay
+            registry.problems.append(f"plugin '{impl.plugin_name}' registered a {kind} {problem}; it was skipped")
+            return
+        registry.add(Entry(kind, name, target, str(description).strip(), impl.plugin_name, version))
 
     try:
         impl.function(register=register)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         registry.problems.append(
             f"plugin '{impl.plugin_name}' failed while registering {kind}s and was skipped: "
             f"{type(exc).__name__}: {exc}"
         )
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be a registered name (None if it can). Names become parts of paths
+    (runs/<dataset>/<method>/, leaderboards/<dataset>.md, figure files), so none may leave its
+    folder or be invisible."""
+    if not isinstance(name, str) or not name.strip():
+        return f"without a name ({name!r})"
+    if "/" in name or "\\" in name or ".." in name or name == ".":
+        return f"named {name!r}, which holds a path separator or '..'"
+    if name != name.strip() or not name.isprintable():
+        return f"named {name!r}, which has surrounding spaces or control characters"
+    return None
 
 
 _default: Registry | None = None

@@ -3,6 +3,10 @@
 Each row carries its `spec` (preset, epochs, `--set` overrides, metric names). Rows written
 before specs were recorded are read back from their preset label, which the runner builds
 deterministically from the same settings ("quick data.train_size=20000 epochs=10").
+
+A leaderboard may come from someone else, and a row's settings can name a program to run (the
+hydra method's `exe`): every row is planned before any runs, the programs outside dcbench that
+the runs would start are shown, and they run only with --allow-external.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from dcbench import leaderboard
 from dcbench.config import PRESETS, RunSpec
 from dcbench.errors import DcbenchError
+from dcbench.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,51 @@ def run_spec(cell: Cell, runs_dir: Path, leaderboard_dir: Path | None, device: s
     return RunSpec(method=cell.method, dataset=cell.dataset, metrics=list(cell.metrics), seed=cell.seed,
                    preset=cell.preset, epochs=cell.epochs, device=device, overrides=dict(cell.overrides),
                    data_root=data_root, runs_dir=runs_dir, leaderboard_dir=leaderboard_dir)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    cell: Cell
+    spec: RunSpec
+    programs: tuple[str, ...]  # programs outside dcbench the run would start
+
+
+def plan_runs(cells: list[Cell], runs_dir: Path, leaderboard_dir: Path | None, device: str,
+              data_root: Path | None, registry: Registry) -> list[PlannedRun]:
+    """Plan every row's run before any runs, so that a row that cannot be rerun (a setting out
+    of range, a method that is gone) stops the command before anything is written."""
+    from dcbench.runner import plan
+
+    planned = []
+    for cell in cells:
+        spec = run_spec(cell, runs_dir, leaderboard_dir, device, data_root)
+        try:
+            p = plan(spec, registry)
+        except DcbenchError as exc:
+            raise DcbenchError(f"cannot rerun the row of {_row_name(cell)}: {exc}") from None
+        planned.append(PlannedRun(cell, spec, tuple(p.method_cls.external_programs(p.config))))
+    return planned
+
+
+def check_external(planned: list[PlannedRun], allowed: bool) -> None:
+    """Refuse runs that would start programs outside dcbench unless the user allowed them."""
+    external = [f"{_row_name(run.cell)}: {program}" for run in planned for program in run.programs]
+    if external and not allowed:
+        raise DcbenchError(f"{len(external)} of these runs would start programs outside dcbench ("
+                           + "; ".join(external) + "); check that you trust them, then rerun with --allow-external")
+
+
+def dry_run_lines(planned: list[PlannedRun]) -> list[str]:
+    """The equivalent `dcbench run` commands, each followed by the external programs it would start."""
+    lines = []
+    for run in planned:
+        lines.append(command_line(run.cell))
+        lines += [f"#   runs the external program {program} (needs --allow-external)" for program in run.programs]
+    return lines
+
+
+def _row_name(cell: Cell) -> str:
+    return f"{cell.method}, seed {cell.seed}, preset '{cell.label}'"
 
 
 def command_line(cell: Cell) -> str:

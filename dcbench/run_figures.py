@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dcbench.api import Codes, DataBundle, Method
+from dcbench.finite import checked_decode
 
 
 def write_run_figures(method: Method, data: DataBundle, test_codes: Codes, folder: Path, title: str,
@@ -36,6 +37,6 @@ def write_run_figures(method: Method, data: DataBundle, test_codes: Codes, folde
         rows = [test.x[idx]]
         if method.generative:
             codes = method.encode(test.x[idx])
-            rows.append(method.decode(codes.content, codes.transformation))
+            rows.append(checked_decode(method, codes.content, codes.transformation, "the volume montage"))
         # input above its reconstruction, class by class
         volume_montage(np.stack(rows, 1).reshape(-1, *test.x.shape[1:]), folder / "volume_montage.png", step=2)

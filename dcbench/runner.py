@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcbench import atomic, cells, classification_report, leaderboard
+from dcbench import atomic, cells, classification_report, finite, leaderboard
 from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, Split
 from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
 from dcbench.errors import DataError, DcbenchError
 from dcbench.progress import EpochProgress
 from dcbench.records import RunRecord, environment, read_json_or_none, utc_now
 from dcbench.registry import Registry, get_registry
+from dcbench.settings_checks import check_seed
 
 TRAINING_STATE = "train_state.pt"
 
@@ -57,7 +56,8 @@ def plan(spec: RunSpec, registry: Registry) -> Plan:
         raise DcbenchError(f"method '{spec.method}' cannot run on dataset '{spec.dataset}': it {reason}")
     defaults = method_cls.default_config(spec.preset, tuple(dataset_cls.shape))
     config, data_settings = resolve_method_config(defaults, spec.overrides, spec.epochs, spec.method,
-                                                 dict(dataset_cls.option_defaults))
+                                                 dict(dataset_cls.option_defaults), dataset_cls.option_types)
+    check_seed(spec.seed)  # with the settings above: typed and in range before any run folder exists
     method_cls.check_ready(config)  # e.g. an external program that is not installed: refuse before any work
     return Plan(method_cls, dataset_cls, metrics, config, data_settings,
                 preset_label(spec.preset, spec.overrides, spec.epochs))
@@ -114,21 +114,6 @@ def load_data(dataset_cls: type[Dataset], data_settings: dict[str, Any], data_ro
     return data
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Let SIGTERM (a Slurm time limit, `kill`) end a run like Ctrl-C does, so that its record
-    says 'interrupted' and `--resume` continues it. Main thread only."""
-    try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def save_codes(path: Path, train: Codes, test: Codes, data: DataBundle) -> None:
     arrays = {"train_content": train.content, "train_transformation": train.transformation,
               "train_labels": data.train.content, "test_content": test.content,
@@ -158,7 +143,16 @@ def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = Fals
     resume: a cell that has a finished record is not run again, and one whose latest record is
     unfinished (killed, interrupted or failed) continues in that folder from its last epoch
     checkpoint. continue_run: continue exactly this unfinished run folder of the cell.
-    on_record(run_dir) is called as soon as the run folder is known."""
+    on_record(run_dir) is called as soon as the run folder is known.
+
+    Publication is the last step and one step: every output (checkpoint, codes, metrics,
+    figures) is written first; then, under the board's lock, the row is appended and the record
+    marked finished (leaderboard.append_row's commit). If finishing fails the row is taken back
+    and the run is marked failed, so a failed run adds no row. A kill leaves either no row (the
+    record is unfinished: --resume continues it and appends the row once) or, in the instant
+    between the two writes, a whole row whose record says it was publishing: --resume then finds
+    the row, only marks the record finished and adds no second one. The Markdown page is
+    re-rendered after; a page that cannot be written is a warning, not a failed run."""
     registry = registry or get_registry()
     p = plan(spec, registry)
     metric_names = [m.name for m in p.metrics]
@@ -189,13 +183,32 @@ def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = Fals
         record = RunRecord.create(spec.runs_dir, spec.method, spec.dataset, spec.seed, full_config)
     if on_record is not None:
         on_record(record.path)
-    try:
-        metrics, row_facts = _execute_phases(spec, p, record)
-        board = None
-        if spec.leaderboard_dir is not None:
-            board = _publish(spec, p, record, metrics, row_facts)
+    finished = False
+
+    def finish(metrics: dict[str, float]) -> None:
+        nonlocal finished
         record.finish(metrics=metrics)
+        finished = True
+
+    try:
+        board = None
+        if resumed and spec.leaderboard_dir is not None and \
+                leaderboard.has_run_row(spec.leaderboard_dir, spec.dataset, record.path):
+            # Stopped after its row went in but before its record said so: every output is written
+            # already, and its row must not go in twice. Finish the record; refresh the page.
+            metrics = read_metrics(record.path)
+            finish(metrics)
+            board = leaderboard.try_render(spec.leaderboard_dir, spec.dataset, p.dataset_cls.reported,
+                                           p.dataset_cls.reported_source)
+        else:
+            metrics, row_facts = _execute_phases(spec, p, record)
+            if spec.leaderboard_dir is None:
+                finish(metrics)
+            else:
+                board = _publish(spec, p, record, metrics, row_facts, lambda: finish(metrics))
     except BaseException as exc:
+        if finished:  # e.g. Ctrl-C while the page renders: the run and its row stand
+            raise
         interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
         message = str(exc) if isinstance(exc, DcbenchError) else f"{type(exc).__name__}: {exc}"
         record.fail(message if str(exc) else type(exc).__name__, status="interrupted" if interrupted else "failed")
@@ -210,22 +223,26 @@ def read_metrics(run_dir: Path) -> dict[str, float]:
     return metrics if isinstance(metrics, dict) else {}
 
 
-def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float],
-             row_facts: dict[str, Any]) -> Path:
-    """Append the run's row (and its seed-0 figures) to the dataset's leaderboard."""
+def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float], row_facts: dict[str, Any],
+             finish: Callable[[], None]) -> Path | None:
+    """Publish the run: its seed-0 figures, then its row together with finish() (which marks
+    the record finished), as one step (leaderboard.append_row). Returns the Markdown page, None
+    if it could not be re-rendered (a warning, not a failure: the row is in)."""
     assert spec.leaderboard_dir is not None
-    row = {"method": spec.method, "dataset": spec.dataset, "preset": p.label, "seed": spec.seed,
-           "metrics": metrics, "directions": {c: d for m in p.metrics for c, d in m.columns.items()},
-           **row_facts, "run": str(record.path),
-           "finished_at": utc_now(), "dcbench": record.provenance["environment"]["dcbench"],
-           "git_commit": record.provenance["environment"]["dcbench_git_commit"],
-           "generative": p.method_cls.generative,
-           # What `dcbench reproduce` needs to rerun this row exactly.
-           "spec": {"preset": spec.preset, "epochs": spec.epochs, "overrides": spec.overrides,
-                    "metrics": [m.name for m in p.metrics]}}
-    leaderboard.publish_figures(spec.leaderboard_dir, row, record.path)
+    with record.phase("publish"):
+        row = {"method": spec.method, "dataset": spec.dataset, "preset": p.label, "seed": spec.seed,
+               "metrics": metrics, "directions": {c: d for m in p.metrics for c, d in m.columns.items()},
+               **row_facts, "run": str(record.path),
+               "finished_at": utc_now(), "dcbench": record.provenance["environment"]["dcbench"],
+               "git_commit": record.provenance["environment"]["dcbench_git_commit"],
+               "generative": p.method_cls.generative,
+               # What `dcbench reproduce` needs to rerun this row exactly.
+               "spec": {"preset": spec.preset, "epochs": spec.epochs, "overrides": spec.overrides,
+                        "metrics": [m.name for m in p.metrics]}}
+        leaderboard.publish_figures(spec.leaderboard_dir, row, record.path)
+    # Outside the phase: its bookkeeping would write the record again after it is finished.
     return leaderboard.append_row(spec.leaderboard_dir, spec.dataset, row, p.dataset_cls.reported,
-                                  p.dataset_cls.reported_source)
+                                  p.dataset_cls.reported_source, commit=finish)
 
 
 def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any]]:
@@ -253,6 +270,8 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
             method.save(tmp)
     with record.phase("encode"):
         train_codes, test_codes = method.encode(data.train.x), method.encode(data.test.x)
+        finite.check_codes(spec.method, train_codes, "train")
+        finite.check_codes(spec.method, test_codes, "test")
         save_codes(record.path / "codes.npz", train_codes, test_codes, data)
     with record.phase("metrics"):
         metrics: dict[str, float] = {}

@@ -9,6 +9,7 @@ What a re-run does with a cell that already has records (`--overwrite`):
   never: a cell with any record is left alone; only cells without records run.
 A cell some live process is running is always skipped. A cell that cannot even be planned (an
 unknown or broken plugin, a bad setting for that method) is refused and reported; the others go on.
+When no cell can be planned (a bad setting shared by all), the sweep stops before writing anything.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dcbench.config import RunSpec
 from dcbench.errors import DcbenchError
 from dcbench.executors import CellOutcome, CellTask, Executor
 from dcbench.registry import Registry
+from dcbench.settings_checks import check_seed
 
 OVERWRITE_RULES = ("only-missing", "always", "never")
 RESULT_WIDTH = 90
@@ -73,6 +75,7 @@ def parse_seeds(text: str) -> list[int]:
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if last < first:
             raise DcbenchError(f"--seeds range '{part}' runs backwards; write {last}-{first}")
+        check_seed(last, "--seeds")  # before the range: a huge one would take forever to list
         seeds.extend(s for s in range(first, last + 1) if s not in seeds)
     return seeds
 
@@ -99,6 +102,14 @@ def plan_cells(methods: list[str], datasets: list[str], seeds: list[int], templa
     return out
 
 
+def check_not_all_refused(cells_: list[Cell]) -> None:
+    """A sweep none of whose cells can be planned (a bad setting shared by all) fails before its
+    folder is created, with the first cell's reason."""
+    if cells_ and all(cell.action == "refuse" for cell in cells_):
+        more = f" (refused too: {len(cells_) - 1} other cell(s); --dry-run lists why)" if len(cells_) > 1 else ""
+        raise DcbenchError(f"no cell of this sweep can run: {cells_[0].label}: {cells_[0].reason}{more}")
+
+
 def _decide(index: int, spec: RunSpec, found: cells.CellRecords, overwrite: str) -> Cell:
     if found.running is not None:
         return Cell(index, spec, "skip", f"running in another process: {found.running.path}",
@@ -116,10 +127,12 @@ def _decide(index: int, spec: RunSpec, found: cells.CellRecords, overwrite: str)
     return Cell(index, spec, "run", "no record yet")
 
 
-def new_sweep_folder(runs_dir: Path) -> Path:
+def new_sweep_folder(runs_dir: Path, create: bool = True) -> Path:
+    """A new runs/sweeps/<time>-<random> path; created unless create is False."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = Path(runs_dir) / "sweeps" / f"{stamp}-{secrets.token_hex(3)}"
-    folder.mkdir(parents=True, exist_ok=False)
+    if create:
+        folder.mkdir(parents=True, exist_ok=False)
     return folder
 
 

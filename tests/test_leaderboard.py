@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dcbench import leaderboard
+from dcbench.errors import DcbenchWarning
 
 
 def _row(method: str, seed: int, dcc: float, dcz: float, preset: str = "quick") -> dict:
@@ -56,14 +57,16 @@ def test_concurrent_appends_lose_no_row(tmp_path: Path) -> None:
 
 def test_a_corrupt_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "toy.jsonl").write_text('{"truncated": \n')
-    leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
-    assert len(leaderboard.read_rows(tmp_path, "toy")) == 1
+    with pytest.warns(DcbenchWarning, match="toy.jsonl:1: skipped"):
+        leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
+        assert len(leaderboard.read_rows(tmp_path, "toy")) == 1
 
 
 def test_a_torn_last_line_does_not_swallow_the_next_row(tmp_path: Path) -> None:
     (tmp_path / "toy.jsonl").write_text('{"truncated": ')  # a crash mid-line: no newline at the end
-    leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
-    assert [r["method"] for r in leaderboard.read_rows(tmp_path, "toy")] == ["a"]
+    with pytest.warns(DcbenchWarning, match="toy.jsonl:1: skipped"):
+        leaderboard.append_row(tmp_path, "toy", _row("a", 0, 0.9, 0.1))
+        assert [r["method"] for r in leaderboard.read_rows(tmp_path, "toy")] == ["a"]
 
 
 def test_a_failed_append_leaves_no_half_line_and_says_what_to_do(tmp_path: Path,

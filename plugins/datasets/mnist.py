@@ -363,8 +363,9 @@ class MNIST(Dataset):
 
     name = "mnist"
     # download: try the official mirrors when no copy is found; checksums: md5s to accept
-    # instead of the official ones (a dict; for tests, from Python only)
+    # instead of the official ones (a dict, for tests; on the command line as JSON)
     option_defaults = {"download": True, "checksums": None}
+    option_types = {"checksums": dict}
     shape = (1, 28, 28)
     default_metrics = ("dscore", "sz", "sap", "recon")
     reported = {

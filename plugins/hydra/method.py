@@ -87,6 +87,13 @@ class Hydra(Method):
         check_settings(config)
         program.find_drgnai(str(config["exe"]))
 
+    @classmethod
+    def external_programs(cls, config: dict[str, Any]) -> list[str]:
+        try:
+            return [str(program.find_drgnai(str(config["exe"])))]
+        except DcbenchError:  # not found: show what the setting names
+            return [str(config["exe"]).strip() or f"drgnai (from ${program.ENV_VAR} or PATH)"]
+
     def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:
         super().__init__(config, input_shape, device, seed)
         check_settings(config)

@@ -101,6 +101,8 @@ def simulate_to_folder(structures: Sequence[Any], out: str | Path, per_structure
         raise DcbenchError(f"need at least one particle per structure, got {per_structure}")
     out = Path(out).expanduser().absolute()
     check_target(out, overwrite)
+    # the folder is built beside `out` and renamed into place: check that we can, before any work
+    atomic.ensure_writable_folder(out.parent if out.exists() else out, "--out")
     loaded = load_structures(structures)
     maps = reference_maps(loaded, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
