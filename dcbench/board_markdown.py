@@ -203,8 +203,8 @@ def _budgets(groups: OrderedDict[tuple[str, str], list[dict[str, Any]]]) -> list
             continue
         budget = members[-1].get("budget", {})
         times = sorted(t for m in members if board_rows.is_number(t := m.get("train_seconds")) and not math.isnan(t))
-        out.append([method, preset, budget.get("epochs", "?"), budget.get("train_size", "?"),
-                    budget.get("batch_size", "?"), budget.get("lr", "?"),
+        settings = [_setting(budget, key) for key in ("epochs", "train_size", "batch_size", "lr")]
+        out.append([method, preset, *settings,
                     f"{times[len(times) // 2]:.0f}" if times else "?", _network_input(budget)])
     return out
 
@@ -213,6 +213,13 @@ NOT_RECORDED = "raw (not recorded)"
 CALIBRATION_NOTE = ("Rows with preset *reference* are calibration, computed from this dataset by `dcbench calibrate`: "
                     "*labels (ceiling)* scores the true labels as codes, *shuffled labels (floor)* the same labels "
                     "shuffled over the particles. They are ranked like methods: read every result between them. ")
+
+
+def _setting(budget: dict[str, Any], key: str) -> Any:
+    """A budget cell: '?' when unrecorded, 'n/a' for a setting the method does not have (None:
+    a training-free method has no batch size or learning rate)."""
+    value = budget.get(key, "?")
+    return "n/a" if value is None else value
 
 
 def _network_input(budget: dict[str, Any]) -> str:
