@@ -145,6 +145,14 @@ class Dataset(abc.ABC):
             raise ValueError(f"dataset '{self.name}' has no option(s) {', '.join(unknown)}")
         self.options: dict[str, Any] = {**self.option_defaults, **options}
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise DcbenchError (one line, naming `data.<option>` and what to set) if an option's
+        value is out of range, e.g. a fraction above 1. `options` are every option, typed (the
+        defaults with the user's values). Called while planning, before any run folder exists,
+        so it must be cheap: no file reading, no downloads (missing files are load()'s errors)."""
+        return None
+
     @abc.abstractmethod
     def load(self, seed: int) -> DataBundle:
         """Return the train and test splits. Splits must not depend on the seed unless the
@@ -218,9 +226,19 @@ class Method(abc.ABC):
         return None
 
     @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        """Raise DcbenchError (one line, naming the setting and what to set) if a setting of this
+        resolved configuration is out of the method's own range or unusable for inputs of this
+        shape (e.g. a binning factor that does not divide the volume). Called while planning,
+        after the generic checks of dcbench.settings_checks, before any run folder exists; it
+        must be cheap (build nothing large)."""
+        return None
+
+    @classmethod
     def check_ready(cls, config: dict[str, Any]) -> None:
         """Raise DcbenchError (one line) if the method cannot run here with this configuration,
-        e.g. an external program it drives is missing. The runner calls it before any work."""
+        e.g. an external program it drives is missing. The runner calls it before any work, after
+        check_config."""
         return None
 
     @classmethod

@@ -99,7 +99,7 @@ def plan(dataset: str, seeds: Sequence[int], assignments: Sequence[str], registr
     overrides = parse_assignments(list(assignments))
     # Data settings only (data.train_size, data.<option>): there is no method to configure.
     _, data_settings = resolve_method_config({}, overrides, None, "calibrate", dict(dataset_cls.option_defaults),
-                                             dataset_cls.option_types)
+                                             dataset_cls.option_types, dataset_cls.check_options)
     return CalibrationPlan(dataset, dataset_cls, metrics, data_settings, overrides,
                            preset_label(PRESET, overrides, None), list(seeds))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,14 +82,17 @@ def coerce_declared(key: str, text: str, default: Any, declared: type | None) ->
 
 
 def resolve_method_config(defaults: dict[str, Any], overrides: dict[str, str], epochs: int | None,
-                          method_name: str, dataset_options: dict[str, Any] | None = None,
-                          option_types: dict[str, type] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                          method_name: str, option_defaults: dict[str, Any] | None = None,
+                          option_types: dict[str, type] | None = None,
+                          check_options: Callable[[dict[str, Any]], None] | None = None,
+                          ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Apply overrides to a method's defaults, typed and range-checked. Returns (method config,
     data settings): the runner's data.train_size / data.test_size plus the dataset's own options
-    as data.<option> (typed by their defaults, or by `option_types` where the default is None)."""
+    as data.<option> (typed by their defaults, or by `option_types` where the default is None),
+    checked by `check_options` (the dataset's Dataset.check_options) when given."""
     config = dict(defaults)
     data = dict(DATA_SETTINGS)
-    data.update({f"data.{key}": value for key, value in (dataset_options or {}).items()})
+    data.update({f"data.{key}": value for key, value in (option_defaults or {}).items()})
     declared = {f"data.{key}": kind for key, kind in (option_types or {}).items()}
     for key, text in overrides.items():
         short = key.removeprefix("method.")
@@ -105,6 +109,8 @@ def resolve_method_config(defaults: dict[str, Any], overrides: dict[str, str], e
         config["epochs"] = epochs
     check_method_config(config, method_name)
     check_data_settings(data)
+    if check_options is not None:  # the dataset's own ranges (e.g. a fraction in (0, 1))
+        check_options(dataset_options(data))
     return config, data
 
 

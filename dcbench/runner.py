@@ -56,8 +56,10 @@ def plan(spec: RunSpec, registry: Registry) -> Plan:
         raise DcbenchError(f"method '{spec.method}' cannot run on dataset '{spec.dataset}': it {reason}")
     defaults = method_cls.default_config(spec.preset, tuple(dataset_cls.shape))
     config, data_settings = resolve_method_config(defaults, spec.overrides, spec.epochs, spec.method,
-                                                 dict(dataset_cls.option_defaults), dataset_cls.option_types)
+                                                 dict(dataset_cls.option_defaults), dataset_cls.option_types,
+                                                 dataset_cls.check_options)
     check_seed(spec.seed)  # with the settings above: typed and in range before any run folder exists
+    method_cls.check_config(config, tuple(dataset_cls.shape))  # the method's own ranges, for this shape
     method_cls.check_ready(config)  # e.g. an external program that is not installed: refuse before any work
     return Plan(method_cls, dataset_cls, metrics, config, data_settings,
                 preset_label(spec.preset, spec.overrides, spec.epochs))

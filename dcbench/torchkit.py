@@ -60,14 +60,21 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def check_precision(precision: Any) -> None:
+    if precision not in PRECISIONS:
+        raise DcbenchError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}")
+
+
 def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
     """The dtype to autocast to for `precision` in {auto, fp32, bf16}; None means fp32."""
+    check_precision(precision)
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    if precision != "auto":
-        raise DcbenchError(f"unknown precision '{precision}': use auto, fp32 or bf16")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_has_fast_bf16() else None
@@ -152,6 +159,14 @@ class TorchMethod(Method, abc.ABC):
     # How the networks see volumes (low-pass, binning); build_model may set it from the config.
     # encode() and training_tensor() apply it; a generative method's decode() calls restore().
     volume_input = VolumeInput()
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        """The settings TorchMethods share, where the config has them: `precision`, and the
+        volume input's `lowpass_sigma` / `bin` (for this shape). Subclasses add their own."""
+        if "precision" in config:
+            check_precision(config["precision"])
+        VolumeInput.from_config(config, input_shape)
 
     def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:
         super().__init__(config, input_shape, resolve_device(device), seed)

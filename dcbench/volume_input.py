@@ -50,9 +50,10 @@ class VolumeInput:
         if len(input_shape) != 4:
             return cls()
         if not math.isfinite(sigma) or sigma < 0:
-            raise DcbenchError(f"lowpass_sigma must be a number >= 0 (voxels; 0 = off), got {sigma}")
+            raise DcbenchError(f"lowpass_sigma must be a number >= 0 (voxels; 0 = off), got {sigma}; set e.g. "
+                               "--set lowpass_sigma=1.5")
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-            raise DcbenchError(f"bin must be a whole number >= 1 (1 = off), got {factor!r}")
+            raise DcbenchError(f"bin must be a whole number >= 1 (1 = off), got {factor!r}; set e.g. --set bin=2")
         for side in input_shape[1:]:
             if side % factor:
                 raise DcbenchError(f"bin {factor} does not divide the volume side {side}: "

@@ -8,6 +8,7 @@ no sweep folder, no leaderboard)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ import pytest
 from plugin_helpers import dcbench_env, run_dcbench, write_distribution
 
 import dcbench
+from dcbench.api import Dataset, Method
 from dcbench.cli import main
+from dcbench.errors import DcbenchError
 from dcbench.registry import build_registry
 
 RUN = ["run", "-m", "dualcontrast", "-d", "digits", "--device", "cpu"]
@@ -88,6 +91,91 @@ CASES = [  # (id, args, exit status, fragments of the one error line)
      ["cannot write to /proc/x", "choose another --out"]),
 ]
 
+# Dataset options out of the dataset's own range (Dataset.check_options), and method settings out
+# of the generic (settings_checks) or the method's own range (Method.check_config): all refused
+# while planning, before any data is loaded or simulated.
+SIM = ["run", "-m", "dualcontrast", "-d", "subtomo-sim", "--device", "cpu"]
+DATASET_CASES = [
+    ("sim snr=0", [*SIM, "--set", "data.snr=0"], 1, ["data.snr must be a finite number > 0", "got 0.0"]),
+    ("sim snr=nan", [*SIM, "--set", "data.snr=nan"], 1, ["'data.snr' must be a finite number", "got nan"]),
+    ("sim per_structure=1", [*SIM, "--set", "data.per_structure=1"], 1,
+     ["data.per_structure must be at least 2 (one train and one test particle), got 1"]),
+    ("sim test_fraction=1.5", [*SIM, "--set", "data.test_fraction=1.5"], 1,
+     ["data.test_fraction must be between 0 and 1, got 1.5"]),
+    ("sim wedge=95", [*SIM, "--set", "data.wedge=95"], 1, ["data.wedge must be 0 (no missing wedge)", "got 95.0"]),
+    ("sim wedge=-1", [*SIM, "--set", "data.wedge=-1"], 1, ["data.wedge must be"]),
+    ("sim simulation_seed=-1", [*SIM, "--set", "data.simulation_seed=-1"], 1,
+     ["data.simulation_seed must be a whole number from 0 to 4294967295, got -1"]),
+    ("proteins test_fraction=0", ["run", "-m", "spectrum", "-d", "subtomo-proteins", "--set", "data.test_fraction=0"],
+     1, ["data.test_fraction must be between 0 and 1, got 0.0"]),
+    ("mrc test_fraction=1", ["run", "-m", "spectrum", "-d", "mrc", "--set", "data.path=nowhere", "--set",
+                             "data.test_fraction=1"], 1, ["data.test_fraction must be between 0 and 1, got 1.0"]),
+    ("mrc zscore=maybe", ["run", "-m", "spectrum", "-d", "mrc", "--set", "data.zscore=maybe"], 1,
+     ["'data.zscore' expects a bool, got 'maybe'"]),
+    ("subtomo test_fraction=-0.1", ["run", "-m", "spectrum", "-d", "subtomo", "--set", "data.test_fraction=-0.1"],
+     1, ["data.test_fraction must be between 0 and 1, got -0.1"]),
+    ("mnist checksums malformed", ["run", "-m", "spectrum", "-d", "mnist", "--set", 'data.checksums={"a": 1}'], 1,
+     ["data.checksums must give md5s for every MNIST file", "train-images-idx3-ubyte"]),
+    ("linemod n_train_per_object=0", ["run", "-m", "spectrum", "-d", "linemod", "--set",
+                                      "data.n_train_per_object=0"], 1,
+     ["n_train_per_object must be a positive integer, got 0"]),
+    ("calibrate snr=0", ["calibrate", "-d", "subtomo-sim", "--set", "data.snr=0"], 1, ["data.snr must be"]),
+    ("calibrate per_structure=1", ["calibrate", "-d", "subtomo-proteins", "--set", "data.per_structure=1"], 1,
+     ["data.per_structure must be at least 2"]),
+    ("sweep wedge=95", ["sweep", "-m", "dualcontrast,spectrum", "-d", "subtomo-sim", "--set", "data.wedge=95"], 1,
+     ["no cell of this sweep can run", "data.wedge must be"]),
+]
+METHOD_CASES = [
+    ("lr_gamma=nan", [*RUN, "--set", "lr_gamma=nan"], 1, ["'lr_gamma' of dualcontrast", "finite number > 0", "nan"]),
+    ("lr_gamma=0", [*RUN, "--set", "lr_gamma=0"], 1, ["'lr_gamma' of dualcontrast", "> 0 and <= 1", "got 0.0"]),
+    ("lr_step_epochs=0", [*RUN, "--set", "lr_step_epochs=0"], 1,
+     ["'lr_step_epochs' of dualcontrast must be a whole number >= 1, got 0"]),
+    ("contrastive_weight=inf", [*RUN, "--set", "contrastive_weight=inf"], 1,
+     ["'contrastive_weight' of dualcontrast must be a finite number >= 0, got inf"]),
+    ("kl_weight=-1", [*RUN, "--set", "kl_weight=-1"], 1, ["'kl_weight' of dualcontrast", ">= 0", "got -1.0"]),
+    ("latent_dim=0", [*RUN, "--set", "latent_dim=0"], 1, ["'latent_dim' of dualcontrast", ">= 1"]),
+    ("max_rotation_degrees=inf", [*RUN, "--set", "max_rotation_degrees=inf"], 1,
+     ["'max_rotation_degrees' of dualcontrast must be a finite number", "got inf"]),
+    ("max_rotation_degrees=400", [*RUN, "--set", "max_rotation_degrees=400"], 1,
+     ["'max_rotation_degrees' of dualcontrast must be a finite number >= 0 and <= 180, got 400.0"]),
+    ("pairs=some", [*RUN, "--set", "pairs=some"], 1, ["unknown pairs 'some'"]),
+    ("transform=hue on grey", [*RUN, "--set", "transform=hue"], 1, ["transform 'hue' changes colour"]),
+    ("3D bin=0", [*SIM, "--set", "bin=0"], 1, ["bin must be a whole number >= 1 (1 = off), got 0"]),
+    ("3D bin=3", [*SIM, "--set", "bin=3"], 1, ["bin 3 does not divide the volume side 32"]),
+    ("3D lowpass_sigma=-1", [*SIM, "--set", "lowpass_sigma=-1"], 1, ["lowpass_sigma must be a number >= 0"]),
+    ("3D paper networks binned", [*SIM, "--set", "networks=paper"], 1,
+     ["the paper's networks take 1x32x32x32 inputs, not binned 1x16x16x16 ones"]),
+    ("3D networks=huge", [*SIM, "--set", "networks=huge"], 1, ["unknown networks 'huge'"]),
+    ("harmony precision=fp16", ["run", "-m", "harmony", "-d", "digits", "--set", "precision=fp16"], 1,
+     ["unknown precision 'fp16'"]),
+    ("harmony gamma=-1", ["run", "-m", "harmony", "-d", "digits", "--set", "gamma=-1"], 1, ["gamma must be"]),
+    ("harmony max_shift_pixels=-1", ["run", "-m", "harmony", "-d", "digits", "--set", "max_shift_pixels=-1"], 1,
+     ["'max_shift_pixels' of harmony must be a finite number >= 0"]),
+    ("spatialvae dx_scale=0", ["run", "-m", "spatialvae", "-d", "digits", "--set", "dx_scale=0"], 1,
+     ["'dx_scale' of spatialvae must be a finite number > 0"]),
+    ("spatialvae encoder_layers=0", ["run", "-m", "spatialvae", "-d", "digits", "--set", "encoder_layers=0"], 1,
+     ["'encoder_layers' of spatialvae must be a whole number >= 1"]),
+    ("vitae cpab_steps=0", ["run", "-m", "vitae", "-d", "digits", "--set", "cpab_steps=0"], 1,
+     ["'cpab_steps' of vitae must be a whole number >= 1"]),
+    ("vitae beta=nan", ["run", "-m", "vitae", "-d", "digits", "--set", "beta=nan"], 1, ["'beta' of vitae"]),
+    ("vitae warmup_epochs=-1", ["run", "-m", "vitae", "-d", "digits", "--set", "warmup_epochs=-1"], 1,
+     ["'warmup_epochs' of vitae must be a whole number >= 0"]),
+    ("vitae tess_size=4", ["run", "-m", "vitae", "-d", "digits", "--set", "tess_size=4"], 1,
+     ["tess_size must look like 4x2"]),
+    ("simclr-disc temperature=0", ["run", "-m", "simclr-disc", "-d", "digits", "--set", "temperature=0"], 1,
+     ["'temperature' of simclr-disc must be a finite number > 0"]),
+    ("simclr-gen nt_xent_weight=-1", ["run", "-m", "simclr-gen", "-d", "digits", "--set", "nt_xent_weight=-1"], 1,
+     ["'nt_xent_weight' of simclr-gen", ">= 0"]),
+    ("spectrum log_floor=inf", ["run", "-m", "spectrum", "-d", "digits", "--set", "log_floor=inf"], 1,
+     ["'log_floor' of spectrum must be a finite number"]),
+    ("hydra pose_search_epochs=1 (no drgnai needed)", ["run", "-m", "hydra", "-d", "digits", "--set",
+                                                       "pose_search_epochs=1"], 1,
+     ["hydra: pose_search_epochs must be 0 or 2"]),
+    ("sweep lr_step_epochs=0", ["sweep", "-m", "dualcontrast,harmony", "-d", "digits", "--set", "lr_step_epochs=0"],
+     1, ["no cell of this sweep can run"]),
+]
+CASES = CASES + DATASET_CASES + METHOD_CASES
+
 
 @pytest.mark.parametrize("args, status, fragments", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_bad_settings_fail_in_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, args, status,
@@ -119,6 +207,65 @@ def test_a_dataset_option_of_a_declared_type_is_read_as_json() -> None:
     _, data = resolve_method_config({}, {"data.checksums": '{"a": {"raw": "x"}}'}, None, "m",
                                     {"checksums": None}, {"checksums": dict})
     assert data["data.checksums"] == {"a": {"raw": "x"}}
+
+
+class RangedData(Dataset):
+    """A third-party dataset that declares its options' ranges (and fails if anything loads it)."""
+
+    name, shape, option_defaults = "ranged", (1, 28, 28), {"share": 0.5}
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if not 0 < options["share"] < 1:
+            raise DcbenchError(f"data.share must be between 0 and 1, got {options['share']}")
+
+    def load(self, seed: int):
+        raise AssertionError("planning must not load data")
+
+
+class RangedMethod(Method):
+    """A third-party method that declares its own range and checks the input shape."""
+
+    name = "ranged-m"
+
+    @classmethod
+    def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict:
+        return {"epochs": 1, "width": 4, "ratio": 0.5}
+
+    @classmethod
+    def check_config(cls, config: dict, input_shape: tuple[int, ...]) -> None:
+        if config["width"] > input_shape[-1]:
+            raise DcbenchError(f"width {config['width']} is wider than the inputs ({input_shape[-1]})")
+
+    fit = encode = save = load_state = None  # planning never builds it
+
+
+class RegistersRanged:
+    __name__ = "ranged"
+
+    @dcbench.hookimpl
+    def register_methods(self, register):
+        register("ranged-m", RangedMethod)
+
+    @dcbench.hookimpl
+    def register_datasets(self, register):
+        register("ranged", RangedData)
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"data.share": "1.5"}, "data.share must be between 0 and 1, got 1.5"),  # Dataset.check_options
+    ({"width": "29"}, "width 29 is wider than the inputs (28)"),  # Method.check_config, with the dataset's shape
+    ({"ratio": "nan"}, "setting 'ratio' of ranged-m must be a finite number, got nan"),  # generic: floats finite
+])
+def test_third_party_plugins_declare_their_ranges_and_planning_refuses(overrides, fragment) -> None:
+    from dcbench.config import RunSpec
+    from dcbench.runner import plan
+
+    registry = build_registry(extra_plugins=[RegistersRanged()], entry_points=False)
+    spec = RunSpec(method="ranged-m", dataset="ranged", metrics=["dscore"], overrides=overrides)
+    with pytest.raises(DcbenchError, match=re.escape(fragment)):
+        plan(spec, registry)
+    assert plan(RunSpec(method="ranged-m", dataset="ranged", metrics=["dscore"]), registry).config["width"] == 4
 
 
 # ---------------------------------------------------------------------------------- plugins

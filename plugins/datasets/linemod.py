@@ -276,6 +276,19 @@ def _split(x: np.ndarray, y: np.ndarray) -> Split:
     return Split(x=images, content=y.astype(np.int64))
 
 
+def n_train_of(value: Any) -> int:
+    """The n_train_per_object option as a whole number >= 1 (text such as "5" from a direct
+    construction is accepted; "2.5" and "abc" are not)."""
+    try:
+        n_train = int(value)
+    except (TypeError, ValueError):
+        n_train = 0
+    if isinstance(value, bool) or n_train < 1 or str(n_train) != str(value).strip():
+        raise DataError(f"n_train_per_object must be a positive integer, got {value!r}; set e.g. "
+                        "--set data.n_train_per_object=1000")
+    return n_train
+
+
 class LineMod(Dataset):
     """BOP LineMod synthetic renders, 64x64 crops around the object; content = object.
 
@@ -289,15 +302,12 @@ class LineMod(Dataset):
     reported_source = ""
     option_defaults = {"n_train_per_object": N_TRAIN_PER_OBJECT}
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        n_train_of(options["n_train_per_object"])  # while planning; too many for the data is load()'s error
+
     def _n_train(self) -> int:
-        value = self.options.get("n_train_per_object", N_TRAIN_PER_OBJECT)
-        try:
-            n_train = int(value)
-        except (TypeError, ValueError):
-            n_train = 0
-        if n_train < 1 or str(n_train) != str(value).strip():
-            raise DataError(f"n_train_per_object must be a positive integer, got {value!r}")
-        return n_train
+        return n_train_of(self.options.get("n_train_per_object", N_TRAIN_PER_OBJECT))
 
     def _roots(self) -> list[Path]:
         roots = [Path(self.data_root)] if self.data_root is not None else []

@@ -73,6 +73,17 @@ def _expect(data: bytes, expected: str, what: str) -> None:
         )
 
 
+def check_checksums(checksums: Any) -> None:
+    """A `checksums` option shaped like OFFICIAL_MD5: each of the four files -> {"gz": md5, "raw": md5}."""
+    if checksums is None:
+        return
+    bad = [stem for stem in FILES if not isinstance(checksums, Mapping) or not isinstance(checksums.get(stem), Mapping)
+           or not all(isinstance(checksums[stem].get(kind), str) for kind in ("gz", "raw"))]
+    if bad:
+        raise DataError(f"data.checksums must give md5s for every MNIST file, like {{\"{FILES[0]}\": {{\"gz\": "
+                        f"\"...\", \"raw\": \"...\"}}, ...}}; missing or malformed: {', '.join(bad)}")
+
+
 def _checksums(checksums: Checksums | None) -> Checksums:
     # Looked up at call time so that tests can monkeypatch OFFICIAL_MD5.
     return OFFICIAL_MD5 if checksums is None else checksums
@@ -381,11 +392,16 @@ class MNIST(Dataset):
     }
     reported_source = "Uddin et al., DualContrast, appendix Table 2"
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        check_checksums(options["checksums"])  # while planning: a malformed dict would fail mid-load
+
     def _roots(self) -> list[Path]:
         roots = [Path(self.data_root)] if self.data_root is not None else []
         return [*roots, dataset_cache("mnist")]
 
     def load(self, seed: int) -> DataBundle:
+        self.check_options(self.options)  # planning did; cheap, and load() may be called directly
         checksums = _checksums(self.options.get("checksums"))
         files, how = self._locate(checksums)
         arrays, cached = self._arrays(files, checksums)

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from dcbench.api import DataBundle, Dataset, ReferenceMaps
-from dcbench.errors import DataError
+from dcbench.errors import DataError, DcbenchError
 from dcbench_plugins.datasets.volume_labels import LabelTable, read_labels
 from dcbench_plugins.datasets.volumes import (
     BOX,
+    check_test_fraction,
     count_volumes,
     find_references_csv,
     make_bundle,
@@ -168,6 +169,14 @@ class MRCSubtomograms(Dataset):
     # path: folder or stack file (default: --data-root); labels: CSV or STAR (default: labels.csv in
     # the folder); references: folder with references.csv (default: the data folder's own, if any)
     option_defaults = {"path": None, "labels": None, "references": None, "test_fraction": 0.2, "zscore": True}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """While planning: the split's fraction and the z-scoring switch (files are load()'s)."""
+        check_test_fraction(options["test_fraction"])
+        if not isinstance(options["zscore"], bool):
+            raise DcbenchError(f"data.zscore must be true or false, got {options['zscore']!r}; set "
+                               "--set data.zscore=false to keep the values as stored")
 
     def _source(self) -> Path:
         source = option_path(self.options, "path") or (Path(self.data_root) if self.data_root is not None else None)

@@ -29,6 +29,7 @@ from dcbench.safe_pickle import load_numpy_pickle
 from dcbench_plugins.datasets.volume_labels import LabelTable, read_labels
 from dcbench_plugins.datasets.volumes import (
     BOX,
+    check_test_fraction,
     first_non_finite,
     make_bundle,
     option_path,
@@ -134,6 +135,10 @@ class SubtomoPickle(Dataset):
     # path: the pickle (default: PICKLE_NAME in --data-root, then in the cache); labels: CSV/STAR,
     # one row per volume (required); references: folder with references.csv and the maps
     option_defaults = {"path": None, "labels": None, "references": None, "test_fraction": 0.2}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        check_test_fraction(options["test_fraction"])  # while planning; the files are load()'s
 
     def _pickle_path(self) -> Path:
         given = option_path(self.options, "path")

@@ -16,13 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dcbench import array_cache
 from dcbench.api import DataBundle, Dataset, ReferenceMaps, Split
+from dcbench.errors import DcbenchError
 from dcbench.paths import dataset_cache
-from dcbench_plugins.datasets.volumes import split_indices, zscore_
+from dcbench.settings_checks import check_seed, is_number, is_whole
+from dcbench_plugins.datasets.volumes import check_test_fraction, split_indices, zscore_
 from dcbench_plugins.subtomo import procedural
 from dcbench_plugins.subtomo.simulate import SimulationSettings, reference_maps, simulate_particles
 
@@ -46,6 +49,25 @@ class SubtomoSim(Dataset):
     default_metrics = ("ari", "fsc", "dscore")
     option_defaults = {"per_structure": 100, "snr": 0.1, "wedge": 0.0, "simulation_seed": 0, "test_fraction": 0.2}
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """The simulation's ranges, while planning (SimulationSettings and the split would
+        refuse them only after the run folder exists, in their own words)."""
+        per_structure = options["per_structure"]
+        if not is_whole(per_structure) or per_structure < 2:
+            raise DcbenchError(f"data.per_structure must be at least 2 (one train and one test particle), got "
+                               f"{per_structure!r}; set e.g. --set data.per_structure=100")
+        snr = options["snr"]
+        if not is_number(snr) or snr <= 0:
+            raise DcbenchError(f"data.snr must be a finite number > 0 (signal variance / noise variance), got "
+                               f"{snr!r}; set e.g. --set data.snr=0.1")
+        wedge = options["wedge"]
+        if not is_number(wedge) or not 0 <= wedge < 90:
+            raise DcbenchError(f"data.wedge must be 0 (no missing wedge) or a tilt range in degrees above 0 and "
+                               f"below 90, got {wedge!r}; set e.g. --set data.wedge=60")
+        check_seed(options["simulation_seed"], "data.simulation_seed")
+        check_test_fraction(options["test_fraction"])
+
     def settings(self) -> SimulationSettings:
         wedge = float(self.options["wedge"])
         return SimulationSettings(snr=float(self.options["snr"]), wedge_tilt_degrees=wedge if wedge > 0 else None)
@@ -62,10 +84,9 @@ class SubtomoSim(Dataset):
                             "procedural pseudo-atomic complexes (dcbench_plugins.subtomo.procedural)")
 
     def load(self, seed: int) -> DataBundle:
+        self.check_options(self.options)  # planning did; cheap, and load() may be called directly
         settings = self.settings()
         per_structure = int(self.options["per_structure"])
-        if per_structure < 2:
-            raise ValueError(f"per_structure must be at least 2 (one train and one test particle), got {per_structure}")
         found = self.structures(settings)
         arrays = self._simulate(found.maps, per_structure, settings)
         x = arrays["x"][:, None]

@@ -139,14 +139,21 @@ def zscore_(x: np.ndarray, describe: Describe) -> None:
         chunk /= std[:, None].astype(x.dtype)
 
 
+def check_test_fraction(value: Any) -> None:
+    """The share of each structure's volumes that goes to the test split: strictly between 0 and 1
+    (both splits need volumes). Shared by the volume datasets' check_options and split_indices."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise DataError(f"data.test_fraction must be between 0 and 1, got {value}; set e.g. "
+                        "--set data.test_fraction=0.2")
+
+
 def split_indices(content: np.ndarray, conformation: np.ndarray | None, test_fraction: float
                   ) -> tuple[np.ndarray, np.ndarray, str]:
     """A fixed split (random_state 0, never the run's seed), stratified by composition x
     conformation where every pair has enough volumes, else by composition alone."""
     from sklearn.model_selection import train_test_split
 
-    if not 0 < test_fraction < 1:
-        raise DataError(f"data.test_fraction must be between 0 and 1, got {test_fraction}")
+    check_test_fraction(test_fraction)  # planning checked it already; kept for direct load() calls
     strata = [("composition", content)]
     if conformation is not None:
         strata.insert(0, ("composition x conformation", content * (int(conformation.max()) + 1) + conformation))

@@ -33,6 +33,7 @@ from torch import nn
 
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
+from dcbench.settings_checks import require_number
 from dcbench.torchkit import (
     TorchMethod,
     autocast,
@@ -70,6 +71,16 @@ def check_networks(size: str, shape: tuple[int, ...], input_shape: tuple[int, ..
                            f"{'x'.join(map(str, shape))} ones: set networks=small or bin=1")
 
 
+def check_views(config: dict[str, Any], input_shape: tuple[int, ...], method: str) -> None:
+    """While planning: the settings DualContrast shares with the SimCLR baselines, i.e. T(x)
+    (`transform`, `max_rotation_degrees`) and the networks for the binned input shape."""
+    transforms.from_config(config, input_shape)  # an unknown transform, or one this shape cannot take
+    if "max_rotation_degrees" in config:  # angles are drawn in [-max, max]: 180 is every orientation
+        require_number(config, "max_rotation_degrees", method, least=0, most=180)
+    shape = VolumeInput.from_config(config, input_shape).network_shape(input_shape)
+    check_networks(str(config.get("networks", "paper")), shape, input_shape)
+
+
 class DualContrastModel(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], latent_dim: int, size: str = "paper") -> None:
         super().__init__()
@@ -88,6 +99,13 @@ class DualContrast(TorchMethod):
     @classmethod
     def supports(cls, input_shape: tuple[int, ...]) -> str | None:
         return networks.unsupported_reason(input_shape)
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        super().check_config(config, input_shape)  # precision, lowpass_sigma / bin
+        if config["pairs"] not in PAIRS:
+            raise DcbenchError(f"unknown pairs '{config['pairs']}': use {', '.join(PAIRS)}")
+        check_views(config, input_shape, cls.name)
 
     @classmethod
     def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
@@ -137,15 +155,12 @@ class DualContrast(TorchMethod):
 
     def build_model(self) -> nn.Module:
         cfg = self.config
-        if cfg["pairs"] not in PAIRS:
-            raise DcbenchError(f"unknown pairs '{cfg['pairs']}': use {', '.join(PAIRS)}")
+        self.check_config(cfg, self.input_shape)  # planning did; kept for direct constructions (tests, bench)
         self.transform = transforms.from_config(cfg, self.input_shape)
         self.amp_dtype = autocast_dtype(cfg["precision"], self.device)
         self.volume_input = VolumeInput.from_config(cfg, self.input_shape)
         shape = self.volume_input.network_shape(self.input_shape)
-        size = str(cfg.get("networks", "paper"))
-        check_networks(size, shape, self.input_shape)
-        return DualContrastModel(shape, int(cfg["latent_dim"]), size)
+        return DualContrastModel(shape, int(cfg["latent_dim"]), str(cfg.get("networks", "paper")))
 
     # ----------------------------------------------------------------------------- training
     def draw(self, b: int) -> StepDraws:

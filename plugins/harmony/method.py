@@ -70,6 +70,7 @@ from torch import nn
 
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
+from dcbench.settings_checks import require_number
 from dcbench.torchkit import (
     TorchMethod,
     autocast,
@@ -86,6 +87,18 @@ def gaussian_kl(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: torch.Tensor,
     """KL(N(mu1, e^logvar1) || N(mu2, e^logvar2)) per row, summed over the diagonal."""
     ratio = torch.exp(logvar1 - logvar2)
     return 0.5 * (ratio + (mu1 - mu2).pow(2) * torch.exp(-logvar2) - 1 - (logvar1 - logvar2)).sum(1)
+
+
+def configured_gamma(config: dict[str, Any]) -> float | None:
+    """The `gamma` setting: None for the default rule (0, or unset), else the weight (>= 0)."""
+    gamma = config.get("gamma")
+    if gamma in (None, "", "none", "None"):
+        return None
+    gamma = float(gamma)
+    if not math.isfinite(gamma) or gamma < 0:
+        raise DcbenchError(f"gamma must be a finite number >= 0 (0 = the default rule), got {gamma}; set e.g. "
+                           "--set gamma=0")
+    return gamma or None
 
 
 def default_gamma(n_train: int, batch_size: int) -> int:
@@ -157,17 +170,28 @@ class Harmony(TorchMethod):
             raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
         return config
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        super().check_config(config, input_shape)  # precision, lowpass_sigma / bin
+        configured_gamma(config)
+        # angles are drawn in [-max, max] (180: every orientation); shifts in pixels, 0: none / unbounded
+        require_number(config, "max_rotation_degrees", cls.name, least=0, most=180)
+        for key in ("max_shift_pixels", "shift_bound_pixels"):
+            require_number(config, key, cls.name, least=0)
+        volume_input = VolumeInput.from_config(config, input_shape)
+        reason = networks.unsupported_reason(volume_input.network_shape(input_shape))
+        if reason:
+            raise DcbenchError(f"after bin {volume_input.bin}: {reason}")
+
     def build_model(self) -> nn.Module:
         reason = networks.unsupported_reason(self.input_shape)
         if reason:
             raise DcbenchError(reason)
+        self.check_config(self.config, self.input_shape)  # planning did; kept for direct constructions
         self.amp_dtype = autocast_dtype(str(self.config["precision"]), self.device)
-        self.gamma = self._configured_gamma()
+        self.gamma = configured_gamma(self.config)
         self.volume_input = VolumeInput.from_config(self.config, self.input_shape)
         shape = self.volume_input.network_shape(self.input_shape)
-        reason = networks.unsupported_reason(shape)
-        if reason:
-            raise DcbenchError(f"after bin {self.volume_input.bin}: {reason}")
         # The networks' poses are in voxels of the binned grid; the settings are in input voxels.
         return HarmonyModel(shape, int(self.config["latent_dim"]),
                             float(self.config["shift_bound_pixels"]) / self.volume_input.bin)
@@ -178,15 +202,6 @@ class Harmony(TorchMethod):
             return phi
         r = self.model.n_rot
         return torch.cat([phi[:, :r], phi[:, r:] * factor], dim=1)
-
-    def _configured_gamma(self) -> float | None:
-        gamma = self.config.get("gamma")
-        if gamma in (None, "", "none", "None"):
-            return None
-        gamma = float(gamma)
-        if gamma < 0:
-            raise DcbenchError(f"gamma must be >= 0 (0 = the default rule), got {gamma}")
-        return gamma or None
 
     # ----------------------------------------------------------------------------- training
     def training_losses(self, x: torch.Tensor, phi_t: torch.Tensor | None = None,

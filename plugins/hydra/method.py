@@ -83,9 +83,12 @@ class Hydra(Method):
         return None
 
     @classmethod
-    def check_ready(cls, config: dict[str, Any]) -> None:
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
         check_settings(config)
-        program.find_drgnai(str(config["exe"]))
+
+    @classmethod
+    def check_ready(cls, config: dict[str, Any]) -> None:
+        program.find_drgnai(str(config["exe"]))  # after check_config: the settings are usable
 
     @classmethod
     def external_programs(cls, config: dict[str, Any]) -> list[str]:

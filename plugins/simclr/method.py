@@ -26,10 +26,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from dcbench.api import EpochCallback, Split
+from dcbench.settings_checks import require_number
 from dcbench.torchkit import TorchMethod, make_adam
 from dcbench.volume_input import VolumeInput
 from dcbench_plugins.dualcontrast import networks, transforms
-from dcbench_plugins.dualcontrast.method import DualContrast, DualContrastModel, check_networks
+from dcbench_plugins.dualcontrast.method import DualContrast, DualContrastModel, check_views
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -52,6 +53,11 @@ class SimCLRGenerative(DualContrast):
         config = super().default_config(preset, input_shape)
         config.update(temperature=0.5, nt_xent_weight=1.0)
         return config
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        super().check_config(config, input_shape)
+        require_number(config, "temperature", cls.name, above=0)  # NT-Xent divides by it
 
     def extra_terms(self, c_x: torch.Tensor, c_xt: torch.Tensor, z_x: torch.Tensor,
                     z_xt: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -85,13 +91,18 @@ class SimCLRDiscriminative(TorchMethod):
         config["temperature"] = 0.5
         return config
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        super().check_config(config, input_shape)  # lowpass_sigma / bin
+        check_views(config, input_shape, cls.name)
+        require_number(config, "temperature", cls.name, above=0)  # NT-Xent divides by it
+
     def build_model(self) -> nn.Module:
+        self.check_config(self.config, self.input_shape)  # planning did; kept for direct constructions
         self.transform = transforms.from_config(self.config, self.input_shape)
         self.volume_input = VolumeInput.from_config(self.config, self.input_shape)
         shape = self.volume_input.network_shape(self.input_shape)
-        size = str(self.config.get("networks", "paper"))
-        check_networks(size, shape, self.input_shape)
-        return EncoderOnly(shape, int(self.config["latent_dim"]), size)
+        return EncoderOnly(shape, int(self.config["latent_dim"]), str(self.config.get("networks", "paper")))
 
     def training_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():

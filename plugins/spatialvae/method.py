@@ -60,6 +60,7 @@ from torch import nn
 
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
+from dcbench.settings_checks import require_number, require_whole
 from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
 from dcbench.volume_input import QUICK_VOLUME_BUDGET, RAW_VOLUMES, VolumeInput
 from dcbench_plugins.dualcontrast.networks import paper_latent_dim
@@ -186,22 +187,27 @@ class SpatialVAE(TorchMethod):
             raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
         return config
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        super().check_config(config, input_shape)  # lowpass_sigma / bin
+        choices = {"likelihood": LIKELIHOODS, "rotation_kl": ROTATION_KLS, "activation": networks.ACTIVATIONS,
+                   "rotation_3d": networks.ROTATIONS_3D}
+        for key, allowed in choices.items():
+            if config[key] not in allowed:
+                raise DcbenchError(f"unknown {key} '{config[key]}': use {', '.join(allowed)}")
+        for key in ("latent_dim", "encoder_hidden", "encoder_layers", "generator_hidden", "generator_layers",
+                    "batch_size"):
+            require_whole(config, key, cls.name)
+        # the two priors' standard deviations (rotation in radians, translation in grid units)
+        require_number(config, "theta_prior", cls.name, above=0, meaning="std of the rotation prior")
+        require_number(config, "dx_scale", cls.name, above=0, meaning="std of the translation prior")
+
     def build_model(self) -> nn.Module:
         cfg = self.config
         reason = networks.unsupported_reason(self.input_shape)
         if reason:
             raise DcbenchError(reason)
-        choices = {"likelihood": LIKELIHOODS, "rotation_kl": ROTATION_KLS, "activation": networks.ACTIVATIONS,
-                   "rotation_3d": networks.ROTATIONS_3D}
-        for key, allowed in choices.items():
-            if cfg[key] not in allowed:
-                raise DcbenchError(f"unknown {key} '{cfg[key]}': use {', '.join(allowed)}")
-        for key in ("latent_dim", "encoder_hidden", "encoder_layers", "generator_hidden", "generator_layers",
-                    "batch_size"):
-            if int(cfg[key]) < 1:
-                raise DcbenchError(f"setting '{key}' must be at least 1, got {cfg[key]}")
-        if float(cfg["theta_prior"]) <= 0:
-            raise DcbenchError(f"theta_prior (std of the rotation prior) must be > 0, got {cfg['theta_prior']}")
+        self.check_config(cfg, self.input_shape)  # planning did; kept for direct constructions
         self.volume_input = VolumeInput.from_config(cfg, self.input_shape)
         return SpatialVAEModel(self.volume_input.network_shape(self.input_shape), cfg)
 

@@ -130,7 +130,7 @@ class Spectrum(Method):
         return f"handles (C, H, W) images and (1, D, H, W) volumes, not {'x'.join(map(str, input_shape))}"
 
     @classmethod
-    def check_ready(cls, config: dict[str, Any]) -> None:
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
         check_settings(config)
 
     def __init__(self, config: dict[str, Any], input_shape: tuple[int, ...], device: str, seed: int) -> None:

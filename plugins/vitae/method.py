@@ -55,6 +55,7 @@ from torch import nn
 
 from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
+from dcbench.settings_checks import require_number, require_whole
 from dcbench.torchkit import TorchMethod, make_adam
 from dcbench_plugins.dualcontrast.networks import paper_latent_dim
 from dcbench_plugins.vitae import cpab as cpab_lib
@@ -154,16 +155,24 @@ class VITAE(TorchMethod):
             raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
         return config
 
+    @classmethod
+    def check_config(cls, config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        super().check_config(config, input_shape)
+        if config["transformation"] not in warps.TRANSFORMATIONS:
+            raise DcbenchError(f"unknown transformation '{config['transformation']}': use "
+                               f"{', '.join(warps.TRANSFORMATIONS)}")
+        require_whole(config, "transform_latent_dim", cls.name)
+        require_whole(config, "cpab_steps", cls.name)  # integration steps of the CPAB flow
+        require_whole(config, "warmup_epochs", cls.name, least=0, meaning="0: no KL warm-up")
+        require_number(config, "beta", cls.name, least=0, meaning="the KL weight after warm-up")
+        parse_tess_size(config["tess_size"])
+
     def build_model(self) -> nn.Module:
         cfg = self.config
         reason = self.supports(self.input_shape)
         if reason:
             raise DcbenchError(f"{self.name} {reason}")
-        if cfg["transformation"] not in warps.TRANSFORMATIONS:
-            raise DcbenchError(f"unknown transformation '{cfg['transformation']}': use "
-                               f"{', '.join(warps.TRANSFORMATIONS)}")
-        if int(cfg["cpab_steps"]) < 1:
-            raise DcbenchError(f"cpab_steps must be at least 1, got {cfg['cpab_steps']}")
+        self.check_config(cfg, self.input_shape)  # planning did; kept for direct constructions
         return VITAEModel(self.input_shape, int(cfg["latent_dim"]), int(cfg["transform_latent_dim"]),
                           cfg["transformation"], parse_tess_size(cfg["tess_size"]), int(cfg["cpab_steps"]))
 
