@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -228,24 +229,12 @@ CATALOGUE: tuple[tuple[str, str, str, str, Edit | None], ...] = (
     ("spike-prefusion", "3-rbds-up", "6vyb", "6vyb with all three RBDs up (its up motion, by the trimer's symmetry)",
      lambda t: rbds_up(t, 3)),
     ("spike-postfusion", "straight", "6xra", "SARS-CoV-2 spike, post-fusion S2 trimer (cryo-EM, partial model)", None),
-    ("spike-postfusion", "bent-5deg", "6xra", "post-fusion rod bent 5° at 55% of its length",
-     lambda t: bend_rod(t, 5)),
-    ("spike-postfusion", "bent-10deg", "6xra", "post-fusion rod bent 10° at 55% of its length",
-     lambda t: bend_rod(t, 10)),
-    ("spike-postfusion", "bent-15deg", "6xra", "post-fusion rod bent 15° at 55% of its length",
-     lambda t: bend_rod(t, 15)),
-    ("spike-postfusion", "bent-20deg", "6xra", "post-fusion rod bent 20° at 55% of its length",
-     lambda t: bend_rod(t, 20)),
-    ("spike-postfusion", "bent-30deg", "6xra", "post-fusion rod bent 30° at 55% of its length",
-     lambda t: bend_rod(t, 30)),
+    *(("spike-postfusion", f"bent-{degrees}deg", "6xra", f"post-fusion rod bent {degrees}° at 55% of its length",
+        partial(bend_rod, degrees=degrees)) for degrees in (5, 10, 15, 20, 30)),
     ("proteasome-20s", "deposited", "3j9i",
      "Thermoplasma acidophilum 20S proteasome, alpha7 beta7 beta7 alpha7 (cryo-EM)", None),
-    ("proteasome-20s", "gate-open-6deg", "3j9i", "alpha subunits tilted 6° outward (gate opening)",
-     lambda t: open_gate(t, 6)),
-    ("proteasome-20s", "gate-open-12deg", "3j9i", "alpha subunits tilted 12° outward (gate opening)",
-     lambda t: open_gate(t, 12)),
-    ("proteasome-20s", "gate-open-20deg", "3j9i", "alpha subunits tilted 20° outward (gate opening)",
-     lambda t: open_gate(t, 20)),
+    *(("proteasome-20s", f"gate-open-{degrees}deg", "3j9i", f"alpha subunits tilted {degrees}° outward (gate opening)",
+        partial(open_gate, degrees=degrees)) for degrees in (6, 12, 20)),
     ("proteasome-20s", "alpha-twist-15deg", "3j9i", "alpha rings twisted 15° about the barrel axis",
      lambda t: twist_alpha_rings(t, 15)),
     ("proteasome-20s", "alpha-out-8A", "3j9i", "alpha rings moved 8 Å out along the barrel axis",
