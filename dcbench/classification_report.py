@@ -217,14 +217,11 @@ def _read_codes(run_dir: Path) -> dict[str, np.ndarray]:
 def _names_from_data(config: dict[str, Any], seed: int) -> tuple[list[str] | None, list[str] | None]:
     """Class and conformation names of the run's dataset, loaded again with its recorded settings
     (for runs whose codes.npz predates the names being saved there)."""
-    from dcbench.config import dataset_options
     from dcbench.registry import get_registry
+    from dcbench.runner import load_data
 
     dataset_cls = get_registry().load("dataset", str(config.get("dataset")))
-    try:
-        data = dataset_cls(data_root=config.get("data_root"), **dataset_options(config.get("data") or {})).load(seed)
-    except ValueError as exc:
-        raise DcbenchError(f"dataset '{dataset_cls.name}' could not be loaded again for its names: {exc}") from None
+    data = load_data(dataset_cls, config.get("data") or {}, config.get("data_root"), seed)  # as the run loaded it
     return data.class_names, data.conformation_names
 
 
