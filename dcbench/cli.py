@@ -10,6 +10,7 @@ import click
 
 from dcbench import __version__, exits
 from dcbench.errors import DcbenchError, format_warning
+from dcbench_plugins.hydra.environment import hydra_group
 
 warnings.formatwarning = format_warning  # dcbench's own warnings (a skipped leaderboard line): one line each
 
@@ -361,6 +362,9 @@ def import_mnist_command(source: Path, dest: Path | None) -> None:
 
     written = import_mnist(source, dest)
     click.echo(f"MNIST verified against the official checksums and written to {written}")
+
+
+cli.add_command(hydra_group)  # `dcbench hydra setup`: Hydra's own environment (plugins/hydra/environment.py)
 
 
 def main() -> None:

@@ -59,7 +59,9 @@ class Hydra(Method):
             "pose_search_epochs": 30 if paper else 2,
             "n_classes": 0,  # Hydra's K; 0: the number of content classes (compositions) in the data
             "seed_offset": 0,  # Hydra's seed is the run's seed plus this
-            "exe": "",  # drgnai, or the Python environment that has it; empty: $DCBENCH_HYDRA_EXE, else PATH
+            # drgnai, or the Python environment that has it; empty: $DCBENCH_HYDRA_EXE, else PATH, else the
+            # environment `dcbench hydra setup` built
+            "exe": "",
             "pixel_size": 0.0,  # Å; 0: the dataset's voxel size (subtomo-sim: 10 Å), else 1 without a CTF
             "ctf": "auto",  # auto: the dataset's CTF where known, else none; none: flat; manual: the ctf_* below
             "ctf_defocus_um": -5.0,  # dcbench's convention: negative = underfocus
@@ -154,7 +156,9 @@ class Hydra(Method):
         folder.mkdir(parents=True)
         inputs = convert.write_inputs(train.x, folder, self._pixel_size(ctf), ctf)
         self.digests = convert.input_digests(train.x)
-        experiment, log = folder / "experiment", folder / "drgnai.log"
+        # absolute: drgnai writes the experiment's outdir into configs.yaml as given (a relative runs dir would
+        # tie it to this working directory); the log keeps the runs dir as given, for messages
+        experiment, log = (folder / "experiment").absolute(), folder / "drgnai.log"
         env = self._environment()
         setup = program.setup_command(self.exe, experiment, inputs.particles, inputs.ctf,
                                       str(self.config["extra_setup_args"]))

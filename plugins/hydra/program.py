@@ -19,6 +19,8 @@ src/configuration.py, src/reconstruct.py):
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import re
@@ -26,6 +28,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,28 +37,32 @@ import numpy as np
 
 from dcbench.errors import DataError, DcbenchError
 from dcbench.safe_pickle import load_numpy_pickle
+from dcbench_plugins.hydra import environment
 
 ENV_VAR = "DCBENCH_HYDRA_EXE"
-INSTALL = ("install Hydra into its own Python 3.9/3.10 environment (git clone https://github.com/ml-struct-bio/hydra "
-           "&& pip install ./hydra; it needs a GPU in practice)")
-POINT = (f"then point dcbench at it: {ENV_VAR}=/path/to/drgnai (or the Python environment that has it) "
-         "or --set exe=...")
+INSTALL = ("build Hydra's environment with `dcbench hydra setup --source PATH_OR_URL` (its source: a folder, "
+           "archive or URL of ml-struct-bio/hydra; see docs/hydra.md)")
+POINT = (f"or point dcbench at a `drgnai` of your own: {ENV_VAR}=/path/to/drgnai (or the Python environment that "
+         "has it) or --set exe=...")
 EPOCH_LINE = re.compile(r"SGD Epoch: (-?\d+) finished in [^;]*; total loss = (\S+)")
 P_CLASSES = re.compile(r"^p_classes\.(-?\d+)\.pkl$")
 POLL_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def find_drgnai(setting: str = "") -> Path:
-    """The `drgnai` executable: `setting` (the method's `exe`), else $DCBENCH_HYDRA_EXE, else PATH.
-    Either may name the program itself, a Python interpreter next to it, or an environment folder
-    (its bin/ is searched). Raises a one-line DcbenchError saying how to install and point to it."""
+    """The `drgnai` executable: `setting` (the method's `exe`), else $DCBENCH_HYDRA_EXE, else PATH,
+    else the one `dcbench hydra setup` recorded. The first two may name the program itself, a
+    Python interpreter next to it, or an environment folder (its bin/ is searched). Raises a
+    one-line DcbenchError saying how to install and point to it."""
     text = setting.strip() or os.environ.get(ENV_VAR, "").strip()
     source = "--set exe" if setting.strip() else f"${ENV_VAR}"
     if not text:
-        found = shutil.which("drgnai")
+        found = shutil.which("drgnai") or environment.recorded_drgnai()
         if found:
             return Path(found)
-        raise DcbenchError(f"method 'hydra' needs Hydra's `drgnai` program, which is not on PATH: {INSTALL}; {POINT}")
+        raise DcbenchError(f"method 'hydra' needs Hydra's `drgnai` program, which is neither on PATH nor set up "
+                           f"by dcbench ({environment.home() / environment.RECORD}): {INSTALL}; {POINT}")
     path = Path(text).expanduser()
     if path.is_dir():
         candidates = [path / "drgnai", path / "bin" / "drgnai"]
@@ -206,6 +213,21 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
+def _on_parent_death() -> Callable[[], None] | None:
+    return functools.partial(_die_with_dcbench, os.getpid()) if sys.platform.startswith("linux") else None
+
+
+def _die_with_dcbench(dcbench_pid: int) -> None:
+    """In the child before exec (Linux): ask the kernel for SIGTERM when dcbench dies, even by
+    SIGKILL, so that a killed run does not leave drgnai training on as an orphan in its own session."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # no prctl: _stop() still covers every exit dcbench sees
+        return
+    if os.getppid() != dcbench_pid:  # dcbench died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_logged(argv: list[str], log: Path, env: dict[str, str] | None = None,
                on_poll: Callable[[], None] | None = None) -> None:
     """Run argv with its stdout and stderr appended to `log`, calling on_poll() every
@@ -218,7 +240,8 @@ def run_logged(argv: list[str], log: Path, env: dict[str, str] | None = None,
         handle.flush()
         try:
             process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env, start_new_session=True)
+                                       env=env, start_new_session=True,
+                                       preexec_fn=_on_parent_death())
         except OSError as exc:
             raise DcbenchError(f"could not start {argv[0]}: {exc.strerror or exc}; {INSTALL}; {POINT}") from None
         try:

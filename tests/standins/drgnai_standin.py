@@ -8,6 +8,7 @@ writes outputs in Hydra's documented layout:
   of an even size and C a pickled float32 (N, 9) cryoDRGN CTF array (box size, pixel size = the
   stack's, defocus U = V >= 0 Å, ...), writes OUT/configs.yaml (block YAML: particles, ctf, pose,
   quick_config, outdir = OUT/out) and creates OUT/out.
+- `test`: prints "Installation was successful!", as the real one does when it imports.
 - `train OUT --no-analysis`: refuses configs.yaml keys Hydra does not know, needs n_classes >= 2
   (and equal to $DRGNAI_STANDIN_EXPECT_CLASSES when set), an integer seed >= 0, and counts epochs
   as Hydra does: a pretraining epoch -1, then E = max(2, n_imgs_pose_search // N + 1) (0 if
@@ -183,6 +184,8 @@ def main() -> None:
     t.add_argument("outdir")
     t.add_argument("--no-analysis", action="store_true")
     t.set_defaults(func=train)
+    check = commands.add_parser("test")  # Hydra's installation check, as `dcbench hydra setup` runs it
+    check.set_defaults(func=lambda _: print("Installation was successful!"))
     args = parser.parse_args()
     args.func(args)
 
