@@ -10,10 +10,14 @@ CSV (header row, comma-separated; read as text):
   index               optional; the volume's 0-based position among the dataset's volumes
 Without `file` and `index`, row i labels volume i.
 
-STAR: the first loop that has `_rlnClassNumber` (the composition). The volume comes from
-`_rlnImageName`, else `_rlnSubtomogramName` (a file or `N@stack`), else row order.
+STAR (read with the `starfile` library): the first loop that has `_rlnClassNumber` (the
+composition): RELION 3.0's and Warp's single loop, RELION 3.1+'s data_particles. The volume
+comes from `_rlnImageName`, else `_rlnSubtomogramName` (a file or `N@stack`), else row order.
 `_rlnMicrographName` is not read: in RELION's subtomogram STAR files it names the tomogram, not
-the particle. STAR files carry no conformation.
+the particle. STAR files carry no conformation. The pixel size (Å), where the file gives one:
+`_rlnImagePixelSize` of each particle's optics group (RELION 3.1+ data_optics), else
+`_rlnDetectorPixelSize` (µm) x 10^4 / `_rlnMagnification` (RELION 3.0, Warp). Rows in messages
+are counted from the loop's first row.
 
 Codes: the names (the text of the composition / conformation column) are the classes. With an
 `_id` column the names are ordered by their ids (so codes equal the ids where those run 0..K-1);
@@ -24,9 +28,10 @@ as names.
 
 from __future__ import annotations
 
-import shlex
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +61,7 @@ class LabelTable:
     conformation: LabelColumn | None = None
     files: list[str] | None = None
     indices: np.ndarray | None = None
+    pixel_size: float | None = None  # Å per voxel, where a STAR file gives one (CSV: None)
 
     def __len__(self) -> int:
         return len(self.composition.codes)
@@ -153,69 +159,94 @@ def read_csv_labels(path: Path) -> LabelTable:
 
 # ----------------------------------------------------------------------------------------- STAR
 
+# Text columns are kept as written (as the CSV is), so codes follow the same rules for both.
+STAR_TEXT_COLUMNS = [STAR_CLASS[1:], *(name[1:] for name in STAR_FILE_COLUMNS), "rlnOpticsGroup"]
+# What pandas (under starfile) and starfile say about a malformed loop or key-value line, in STAR's words
+_STAR_REASONS = (
+    (re.compile(r"Expected (\d+) fields in line \d+, saw (\d+)"),
+     "a loop's rows have different numbers of values ({0} and {1}); give every row one value per column"),
+    (re.compile(r"Length mismatch: Expected axis has (\d+) elements, new values have (\d+)"),
+     "a loop's rows have {0} values for {1} columns; give every row one value per column"),
+    (re.compile(r"values to unpack"), "a key-value line needs exactly one value after its _label"),
+    (re.compile(r"^Error tokenizing data\. C error: (.*)"), "{0}"),
+)
 
-@dataclass
-class StarLoop:
-    block: str
-    columns: list[str]
-    rows: list[list[str]]
-    first_line: int  # line number of rows[0], for messages
+
+def _star_reason(error: BaseException) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    for pattern, words in _STAR_REASONS:
+        match = pattern.search(reason)
+        if match:
+            return words.format(*match.groups())
+    return reason
 
 
-def parse_star_loops(path: Path) -> list[StarLoop]:
-    """Every `loop_` of a STAR file: its block name, column labels and rows (as text)."""
+def read_star_blocks(path: Path) -> dict[str, Any]:
+    """Every data block of a STAR file (starfile.read: a DataFrame per loop, a dict per key-value
+    block; labels without their leading '_'), bad files as one-line DataErrors."""
+    import starfile
+
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        path.read_text(encoding="utf-8")  # starfile reads through linecache, which hides a binary file
+        blocks = starfile.read(path, always_dict=True, parse_as_string=STAR_TEXT_COLUMNS)
     except FileNotFoundError:
         raise DataError(f"labels file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"labels file {path} is not a readable STAR file ({error})") from None
-    loops: list[StarLoop] = []
-    block, current = "", None
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            if current is not None and current.rows and not line:
-                current = None  # a blank line ends the loop's rows
-            continue
-        if line.startswith("data_"):
-            block, current = line[5:], None
-        elif line == "loop_":
-            current = StarLoop(block, [], [], number + 1)
-            loops.append(current)
-        elif current is not None and line.startswith("_") and not current.rows:
-            current.columns.append(line.split()[0])
-        elif current is not None and current.columns:
-            current.rows.append(_star_row(line, path, number, len(current.columns)))
-            if len(current.rows) == 1:
-                current.first_line = number
-        # anything else: a block's key-value pairs, not needed here
-    return loops
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # pandas' ParserError is a ValueError
+        raise DataError(f"labels file {path} is not a readable STAR file ({_star_reason(error)})") from None
+    return {name: block for name, block in blocks.items() if block is not None}
 
 
-def _star_row(line: str, path: Path, number: int, width: int) -> list[str]:
+def _check_width(frame: Any, path: Path, block: str) -> None:
+    """pandas fills a row that is short of values with NaN (or '' in a text column); the missing
+    values are the last ones."""
+    last = frame.columns[-1]
+    for row, value in enumerate(frame[last].tolist()):
+        if value == "" or (isinstance(value, float) and np.isnan(value)):
+            raise DataError(f"{path} data_{block} row {row + 1} has fewer values than the loop's "
+                            f"{len(frame.columns)} columns; give every row one value per column")
+
+
+def _pixel_size(frame: Any, optics: Any) -> float | None:
+    """Å per voxel of the particles: RELION 3.1+ takes _rlnImagePixelSize from each particle's
+    optics group (data_optics); RELION 3.0 and Warp give _rlnDetectorPixelSize (µm) and
+    _rlnMagnification per particle (Å = µm x 10^4 / magnification). None when the file gives
+    none, or gives several different ones."""
+    sizes = None
+    if optics is not None and "rlnImagePixelSize" in optics.columns:
+        by_group = dict(zip(optics.get("rlnOpticsGroup", ["1"] * len(optics)), optics["rlnImagePixelSize"]))
+        groups = frame["rlnOpticsGroup"].tolist() if "rlnOpticsGroup" in frame.columns else list(by_group)
+        sizes = [by_group.get(group) for group in groups]
+    elif "rlnImagePixelSize" in frame.columns:
+        sizes = frame["rlnImagePixelSize"].tolist()
+    elif {"rlnDetectorPixelSize", "rlnMagnification"} <= set(frame.columns):
+        sizes = [d * 1e4 / m if m else None for d, m in zip(frame["rlnDetectorPixelSize"], frame["rlnMagnification"])]
     try:
-        fields = shlex.split(line, comments=True)
-    except ValueError as error:
-        raise DataError(f"{path} line {number} is not a valid STAR row ({error})") from None
-    if len(fields) != width:
-        raise DataError(f"{path} line {number} has {len(fields)} values for {width} loop columns")
-    return fields
+        distinct = {round(float(size), 6) for size in sizes or []}
+    except (TypeError, ValueError):  # a missing group or a non-number: no single pixel size to report
+        return None
+    return distinct.pop() if len(distinct) == 1 and next(iter(distinct)) > 0 else None
 
 
 def read_star_labels(path: Path) -> LabelTable:
-    loops = [loop for loop in parse_star_loops(path) if STAR_CLASS in loop.columns]
-    if not loops:
+    """The first loop with _rlnClassNumber (RELION 3.0 / Warp: the only one; RELION 3.1+:
+    data_particles, with the pixel size from data_optics)."""
+    blocks = read_star_blocks(path)
+    loops = {name: block for name, block in blocks.items() if hasattr(block, "columns")}
+    found = [name for name, frame in loops.items() if STAR_CLASS[1:] in frame.columns]
+    if not found:
         raise DataError(f"labels file {path} has no loop with a {STAR_CLASS} column (the composition); "
                         "add one, or give a CSV with a composition column")
-    loop = loops[0]
-    if not loop.rows:
-        raise DataError(f"labels file {path} (data_{loop.block}) has no rows")
-    column = lambda name: [row[loop.columns.index(name)] for row in loop.rows]  # noqa: E731
-    composition = encode(column(STAR_CLASS), None, STAR_CLASS, path, loop.first_line)
-    file_column = next((name for name in STAR_FILE_COLUMNS if name in loop.columns), None)
-    files = column(file_column) if file_column else None
-    return LabelTable(path, composition, None, files, None)
+    block = found[0]
+    frame = loops[block]
+    if len(frame) == 0:
+        raise DataError(f"labels file {path} (data_{block}) has no rows")
+    _check_width(frame, path, block)
+    text = lambda column: [str(value) for value in frame[column]]  # noqa: E731  (pandas reads 'nan' as NaN)
+    composition = encode(text(STAR_CLASS[1:]), None, STAR_CLASS, path, first_row=1)  # rows counted in the loop
+    file_column = next((name[1:] for name in STAR_FILE_COLUMNS if name[1:] in frame.columns), None)
+    files = text(file_column) if file_column else None
+    optics = loops.get("optics") if block != "optics" else None
+    return LabelTable(path, composition, None, files, None, _pixel_size(frame, optics))
 
 
 def read_labels(path: Path) -> LabelTable:
