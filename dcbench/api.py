@@ -43,12 +43,15 @@ class Split:
     content: int array (N,), the content class (digit, object, composition).
     conformation: optional int array (N,), conformation labels where known.
     transform_params: optional float array (N, P), true transformation parameters where known.
+    names: optional str array (N,), each input's name where the dataset has one (the file or
+       RELION's `N@stack.mrcs` its label file gave): the run's STAR exports carry it.
     """
 
     x: np.ndarray
     content: np.ndarray
     conformation: np.ndarray | None = None
     transform_params: np.ndarray | None = None
+    names: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim not in (4, 5):
@@ -57,7 +60,7 @@ class Split:
             )
         if len(self.content) != len(self.x):
             raise ValueError(f"{len(self.content)} content labels for {len(self.x)} inputs")
-        for name in ("conformation", "transform_params"):
+        for name in ("conformation", "transform_params", "names"):
             value = getattr(self, name)
             if value is not None and len(value) != len(self.x):
                 raise ValueError(f"{len(value)} {name} rows for {len(self.x)} inputs")

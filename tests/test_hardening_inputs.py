@@ -251,7 +251,8 @@ def test_stack_of_the_wrong_box(tmp_path, monkeypatch, capsys) -> None:
     path = write_mrc(tmp_path / "stack.mrcs", np.zeros((N_VOLUMES, 24, 24, 24)))
     write_labels(tmp_path / "labels.csv")
     ws = Workspace(tmp_path, "mrc")
-    status, err = run_cli(monkeypatch, capsys, ws.args("vae2", "mrc", f"data.path={path}",
+    # with resampling off (the default, auto, brings any cubic box to 32^3: tests/test_any_box.py)
+    status, err = run_cli(monkeypatch, capsys, ws.args("vae2", "mrc", f"data.path={path}", "data.resample=off",
                                                        f"data.labels={tmp_path / 'labels.csv'}", metric="ari"))
     line = the_error_line(status, err, str(path), "24x24x24", f"--new_box {BOX}")
     assert_nothing_ran(ws, line)

@@ -5,7 +5,9 @@ arrays only; nothing in the file runs) and z-scored per volume as in the paper's
 What the pickle may hold (anything else is a DataError naming the file and what it found):
 - one real-valued array whose trailing axes hold exactly 32^3 values, e.g. (N, 32, 32, 32),
   (N, 1, 32, 32, 32) or (N, 32768); it is read as (N, 32, 32, 32) in C order, like the paper's
-  `reshape(-1, 32, 32, 32)`;
+  `reshape(-1, 32, 32, 32)`; or whose last three axes are another cube (N, B, B, B), rescaled to
+  32^3 by Fourier cropping/padding (rescale.py; voxel size unknown: a pickle has no header) unless
+  `data.resample=off`;
 - a list or tuple of such arrays (single volumes or batches), concatenated in order;
 - a dict with exactly one value of either kind (other entries are ignored and listed in the
   provenance: they are not taken as labels).
@@ -17,6 +19,7 @@ inferred: `data.labels` names a CSV (or STAR) file with one row per volume in pi
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +29,11 @@ from dcbench.api import DataBundle, Dataset
 from dcbench.errors import DataError
 from dcbench.paths import dataset_cache
 from dcbench.safe_pickle import load_numpy_pickle
+from dcbench_plugins.datasets.rescale import BoxChange, check_resample, rescale_all
 from dcbench_plugins.datasets.volume_labels import LabelTable, read_labels
 from dcbench_plugins.datasets.volumes import (
     BOX,
+    check_box,
     check_test_fraction,
     first_non_finite,
     make_bundle,
@@ -46,7 +51,8 @@ VOXELS = BOX**3
 
 
 def as_volumes(array: Any) -> np.ndarray | None:
-    """(N, BOX, BOX, BOX) view of an array whose trailing axes hold BOX^3 values; None otherwise."""
+    """(N, BOX, BOX, BOX) view of an array whose trailing axes hold BOX^3 values, else (N, B, B, B)
+    of one whose last three axes are a cube (another box, for rescaling); None otherwise."""
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu" or array.ndim == 0:
         return None
     trailing = 1
@@ -55,7 +61,9 @@ def as_volumes(array: Any) -> np.ndarray | None:
         if trailing == VOXELS:
             return array.reshape(-1, BOX, BOX, BOX)
         if trailing > VOXELS:
-            return None
+            break
+    if array.ndim >= 3 and array.shape[-1] == array.shape[-2] == array.shape[-3] > 0:
+        return array.reshape(-1, *array.shape[-3:])
     return None
 
 
@@ -72,7 +80,7 @@ def _describe(obj: Any) -> str:
 
 def _from_sequence(items: list | tuple) -> np.ndarray | None:
     parts = [as_volumes(item) for item in items]
-    if not parts or any(part is None for part in parts):
+    if not parts or any(part is None for part in parts) or len({part.shape[1:] for part in parts}) > 1:
         return None
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
@@ -101,7 +109,8 @@ def volumes_from_pickle(obj: Any, source: Path) -> tuple[np.ndarray, dict[str, A
             raise DataError(f"{source} holds a dict with several volume arrays ({', '.join(map(str, hits))}); "
                             "dcbench will not pick one: save the one you mean on its own")
     raise DataError(f"{source} holds {_describe(obj)}, not {BOX}^3 volumes: expected an array (N, {BOX}, {BOX}, "
-                    f"{BOX}) or anything whose trailing axes hold {VOXELS} values (or a list / dict of such)")
+                    f"{BOX}) or anything whose trailing axes hold {VOXELS} values, or (N, B, B, B) cubes of another "
+                    f"box to rescale (or a list / dict of such, all of one box)")
 
 
 # ------------------------------------------------------------------------------------ labels
@@ -134,11 +143,13 @@ class SubtomoPickle(Dataset):
     default_metrics = ("ari", "fsc", "dscore")
     # path: the pickle (default: PICKLE_NAME in --data-root, then in the cache); labels: CSV/STAR,
     # one row per volume (required); references: folder with references.csv and the maps
-    option_defaults = {"path": None, "labels": None, "references": None, "test_fraction": 0.2}
+    # resample: auto / fourier / off, as the `mrc` dataset's (cubes of another box to 32^3)
+    option_defaults = {"path": None, "labels": None, "references": None, "test_fraction": 0.2, "resample": "auto"}
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         check_test_fraction(options["test_fraction"])  # while planning; the files are load()'s
+        check_resample(options["resample"])
 
     def _pickle_path(self) -> Path:
         given = option_path(self.options, "path")
@@ -169,26 +180,33 @@ class SubtomoPickle(Dataset):
         table = self._labels(source)  # before the (large) unpickling, so a missing file fails fast
         volumes, found = volumes_from_pickle(load_numpy_pickle(source), source)
         x = select_labelled(volumes, table, source)
+        resample = str(self.options["resample"])
+        check_box(x.shape[1:], str(source), resample)
+        change = BoxChange(x.shape[-1], None, BOX, resample)  # a pickle states no voxel size
+        positions = table.indices if table.indices is not None else np.arange(len(x))
+        bad = first_non_finite(x)  # before rescaling, which would spread a NaN over its volume
+        if bad is not None:
+            raise DataError(f"{source} volume {int(positions[bad])} (0-based) contains NaN or infinite values")
+        if change.rescaled:
+            x = rescale_all(x, BOX)
+            print(change.notice(self.name), file=sys.stderr)
         # z-scored in place: the unpickled array is ours alone, so it is copied only to change
         # dtype or when numpy rebuilt it read-only
         x = np.ascontiguousarray(x, dtype=np.float32)
         if not x.flags.writeable:
             x = x.copy()
         x = x.reshape(len(x), 1, BOX, BOX, BOX)
-        positions = table.indices if table.indices is not None else np.arange(len(x))
-        bad = first_non_finite(x)
-        if bad is not None:
-            raise DataError(f"{source} volume {int(positions[bad])} (0-based) contains NaN or infinite values")
         zscore_(x, lambda i: f"{source} volume {int(positions[i])} (0-based)")
         references, references_csv = None, None
         where = option_path(self.options, "references")
         if where is not None:
-            references, csv = read_references(where, table)
+            references, csv = read_references(where, table, None, resample, change)
             references_csv = str(csv)
         provenance = {
             "source": str(source), "size_bytes": source.stat().st_size, **found,
-            "n_volumes_in_pickle": int(len(volumes)), "labels": str(table.source),
-            "preprocessing": "per-volume z-score (mean 0, population std 1), as the paper's code",
+            "n_volumes_in_pickle": int(len(volumes)), "labels": str(table.source), "box": change.record(),
+            "preprocessing": (f"{change.method} from {change.box}^3 to {BOX}^3, then " if change.rescaled else "")
+            + "per-volume z-score (mean 0, population std 1), as the paper's code",
             "references": references_csv,
         }
         return make_bundle(x, table, float(self.options["test_fraction"]), provenance, references)

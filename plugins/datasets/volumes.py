@@ -1,7 +1,8 @@
 """Shared by the volume datasets (`subtomo`, `mrc`): reading MRC volumes with errors that name the
 file, per-volume z-scoring, the fixed stratified split, and the ground-truth reference maps.
 
-Every volume is BOX^3 = 32^3: the 3D networks take that box and nothing else.
+Every volume becomes BOX^3 = 32^3: the 3D networks take that box and nothing else. Cubic volumes
+of another box are rescaled to it (rescale.py: Fourier cropping/padding) unless data.resample=off.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from dcbench.api import DataBundle, ReferenceMaps, Split
 from dcbench.errors import DataError
+from dcbench_plugins.datasets.rescale import MIN_BOX, BoxChange, fourier_rescale, same_voxel
 from dcbench_plugins.datasets.volume_labels import LabelColumn, LabelTable, read_csv_labels
 
 BOX = 32
@@ -60,9 +62,10 @@ def open_mrc(path: Path) -> Iterator[Any]:
         handle.close()
 
 
-def volume_stack(handle: Any, path: Path) -> np.ndarray:
-    """The file's volumes as a (n, BOX, BOX, BOX) view: 3D data is one volume, 4D data (a volume
-    stack, ispg 401) is n volumes. Anything else, or another box, is a DataError naming the file."""
+def volume_stack(handle: Any, path: Path, resample: str = "off") -> np.ndarray:
+    """The file's volumes as a (n, B, B, B) view: 3D data is one volume, 4D data (a volume stack,
+    ispg 401) is n volumes. Anything else, a non-cubic box, a box under MIN_BOX, or (resample
+    "off") a box other than BOX is a DataError naming the file."""
     data = handle.data
     if data is None or data.ndim not in (3, 4):
         shape = None if data is None else data.shape
@@ -71,29 +74,47 @@ def volume_stack(handle: Any, path: Path) -> np.ndarray:
     if np.iscomplexobj(data) or data.dtype.kind not in "fiub":
         raise DataError(f"{path} holds {data.dtype} values; expected real-valued density (MRC mode 0, 1, 2, 6 or 12)")
     stack = data if data.ndim == 4 else data[None]
-    if stack.shape[1:] != (BOX, BOX, BOX):
-        box = "x".join(str(s) for s in stack.shape[1:])
-        raise DataError(f"{path} holds {box} volumes but the 3D methods take {BOX}^3; {RESAMPLE_HINT}")
+    check_box(stack.shape[1:], str(path), resample)
     return stack
 
 
-def count_volumes(path: Path) -> int:
-    with open_mrc(path) as handle:
-        return len(volume_stack(handle, path))
+def check_box(shape: tuple[int, ...], where: str, resample: str) -> None:
+    """One volume's shape (D, H, W) is usable: BOX^3, or (unless resample is "off") another cube
+    of at least MIN_BOX that rescale.fourier_rescale brings to BOX^3. Else a DataError naming `where`."""
+    if tuple(shape) == (BOX, BOX, BOX):
+        return
+    box = "x".join(str(s) for s in shape)
+    if len(set(shape)) != 1:
+        raise DataError(f"{where} holds {box} volumes but the 3D methods take {BOX}^3 cubes and these are not "
+                        f"cubic; re-extract the particles in a cubic box (any size: dcbench rescales it to {BOX}^3)")
+    if resample == "off":
+        raise DataError(f"{where} holds {box} volumes but the 3D methods take {BOX}^3; {RESAMPLE_HINT}, or let "
+                        "dcbench rescale it (drop --set data.resample=off)")
+    if shape[0] < MIN_BOX:
+        raise DataError(f"{where} holds {box} volumes but the 3D methods take {BOX}^3, and a box under {MIN_BOX} "
+                        f"is too small to rescale; re-extract the particles in a box of at least {MIN_BOX} voxels")
 
 
-def voxel_size(path: Path) -> float | None:
-    """The x voxel size in the header (Å), or None when unset."""
+def count_volumes(path: Path, resample: str = "off") -> int:
     with open_mrc(path) as handle:
-        size = float(handle.voxel_size.x)
+        return len(volume_stack(handle, path, resample))
+
+
+def header_voxel(handle: Any) -> float | None:
+    """The x voxel size in an open file's header (Å), or None when unset."""
+    size = float(handle.voxel_size.x)
     return size if size > 0 else None
 
 
-def read_into(out: np.ndarray, path: Path, picks: list[tuple[int, int | None]]) -> None:
+def read_into(out: np.ndarray, path: Path, picks: list[tuple[int, int | None]], resample: str = "off"
+              ) -> BoxChange:
     """Copy volumes of one file into out[position, 0]: picks are (position, volume in the file),
-    volume None meaning "the file's only volume". Non-finite values are a DataError naming the file."""
+    volume None meaning "the file's only volume"; volumes of another box are rescaled to out's
+    (unless resample is "off"). Non-finite values are a DataError naming the file. Returns the
+    file's box and header voxel size, and what they became."""
     with open_mrc(path) as handle:
-        stack = volume_stack(handle, path)
+        stack = volume_stack(handle, path, resample)
+        change = BoxChange(stack.shape[-1], header_voxel(handle), out.shape[-1], resample)
         for position, volume in picks:
             if volume is None:
                 if len(stack) != 1:
@@ -101,10 +122,12 @@ def read_into(out: np.ndarray, path: Path, picks: list[tuple[int, int | None]]) 
                 volume = 0
             if not 0 <= volume < len(stack):
                 raise DataError(f"{path} holds {len(stack)} volumes; volume {volume + 1} (1-based) does not exist")
-            out[position, 0] = stack[volume]
+            # a NaN or inf spreads through the FFT to every voxel, so the check below still finds it
+            out[position, 0] = fourier_rescale(stack[volume], change.new_box) if change.rescaled else stack[volume]
             if not np.isfinite(out[position, 0]).all():
                 raise DataError(f"{path} volume {volume + 1} (1-based) contains NaN or infinite values; "
                                 "fix or drop it")
+    return change
 
 
 # ------------------------------------------------------------------------------- preprocessing
@@ -174,13 +197,15 @@ def split_indices(content: np.ndarray, conformation: np.ndarray | None, test_fra
 
 def make_bundle(x: np.ndarray, labels: LabelTable, test_fraction: float, provenance: dict[str, Any],
                 references: ReferenceMaps | None = None, ctf: dict[str, float] | None = None) -> DataBundle:
+    """The train/test splits of labelled volumes; each volume keeps the name its label file gave it."""
     content = labels.composition.codes
+    names = None if labels.files is None else np.array(labels.files, dtype=str)
     conformation = None if labels.conformation is None else labels.conformation.codes
     train, test, how = split_indices(content, conformation, test_fraction)
     pick = lambda a, idx: None if a is None else a[idx]  # noqa: E731
     return DataBundle(
-        train=Split(x[train], content[train], pick(conformation, train)),
-        test=Split(x[test], content[test], pick(conformation, test)),
+        train=Split(x[train], content[train], pick(conformation, train), names=pick(names, train)),
+        test=Split(x[test], content[test], pick(conformation, test), names=pick(names, test)),
         class_names=list(labels.composition.names),
         provenance={**provenance, "split": how, "n_train": int(len(train)), "n_test": int(len(test))},
         references=references,
@@ -221,10 +246,13 @@ def _match_codes(table: LabelTable, rows: LabelColumn, own: LabelColumn, what: s
     return np.asarray(codes, dtype=np.int64)
 
 
-def read_references(folder: Path, labels: LabelTable, voxel: float | None = None) -> tuple[ReferenceMaps, Path]:
+def read_references(folder: Path, labels: LabelTable, voxel: float | None = None, resample: str = "off",
+                    particles: BoxChange | None = None) -> tuple[ReferenceMaps, Path]:
     """The noise-free maps listed in references.csv (columns file, composition[, composition_id,
     conformation, conformation_id]), with labels mapped onto the particles' codes by name. Maps are
-    kept as written (not z-scored). voxel: Å, else the first map's header, else DEFAULT_VOXEL."""
+    kept as written (not z-scored) but brought to BOX^3 like the particles (resample). voxel: Å at
+    BOX^3, else the first map's header (times its box / BOX), else DEFAULT_VOXEL. particles: how the
+    particles were rescaled; if either side was, both must span the same Å (else a DataError)."""
     table_path = find_references_csv(folder)
     if table_path is None:
         raise DataError(f"no references.csv in {folder} or {folder / 'references'}; the references folder needs "
@@ -241,12 +269,23 @@ def read_references(folder: Path, labels: LabelTable, voxel: float | None = None
                             f"(looked in {', '.join(str(b) for b in bases)})")
         paths.append(path)
     maps = np.empty((len(paths), 1, BOX, BOX, BOX), dtype=np.float32)
+    first: BoxChange | None = None
     for position, path in enumerate(paths):
-        read_into(maps, path, [(position, None)])
+        change = read_into(maps, path, [(position, None)], resample)
+        first = first or change
+        if change.box != first.box:
+            raise DataError(f"{path} holds {change.box}^3 maps but {paths[0]} holds {first.box}^3 ones; give "
+                            "every reference map one box and voxel size")
+    assert first is not None  # references.csv lists at least one map (read_csv_labels refuses empty tables)
+    if particles is not None and (particles.rescaled or first.rescaled) and not same_voxel(
+            particles.new_voxel, first.new_voxel):
+        raise DataError(f"{paths[0]} is a {first.box}^3 map at {first.voxel:g} Å ({first.box * first.voxel:g} Å "
+                        f"across) but the particles are {particles.box}^3 at {particles.voxel:g} Å "
+                        f"({particles.box * particles.voxel:g} Å across); give reference maps on the particles' scale")
     content = _match_codes(table, table.composition, labels.composition, "composition")
     conformation = None
     if table.conformation is not None and labels.conformation is not None:
         conformation = _match_codes(table, table.conformation, labels.conformation, "conformation")
-    voxel = voxel or voxel_size(paths[0]) or DEFAULT_VOXEL
+    voxel = voxel or first.new_voxel or DEFAULT_VOXEL
     names = [p.stem for p in paths]
     return ReferenceMaps(maps[:, 0], content, conformation, names, float(voxel)), table_path

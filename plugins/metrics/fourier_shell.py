@@ -5,6 +5,10 @@ shells of integer radius s in Fourier-index units; shell s is the normalised fre
 (cycles per voxel) for a D^3 box. AUC-FSC is the trapezoidal integral of FSC over normalised
 frequency from 0 to 0.5 (CryoBench's convention: sklearn.metrics.auc(k / D, fsc)), so a perfect
 match scores 0.5.
+
+Kept over torch-fourier-shell-correlation (issue 16): it spreads each Fourier voxel over two shells
+(linear weights) instead of rounding to one, so its curve differs by up to 0.035 and would move every
+AUC-FSC on the boards, and it was 3.3x slower on a 32^3 pair on the CPU.
 """
 
 from __future__ import annotations
