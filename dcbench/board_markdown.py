@@ -11,12 +11,15 @@ from collections import OrderedDict
 from typing import Any
 
 from dcbench import board_rows, stats
+from dcbench.exports import AVERAGES_MRC, TEST_STAR
 
 ARROWS = {"max": "↑", "min": "↓"}
-# kind -> file in the run folder; a seed-0 row links each one its run has, in this order
+# kind -> file in the run folder; a seed-0 row links each one its run has, in this order. The
+# exports (3D runs): the test particles' classes as STAR, the class averages as one MRC stack.
 FIGURE_FILES = {"transfer grid": "figures/transfer_grid.png", "embedding": "figures/content_embedding.png",
                 "montage": "figures/volume_montage.png", "cluster averages": "figures/fsc_averages.png",
-                "classification report": "classification_report.md", "confusion matrices": "classification_report.png"}
+                "classification report": "classification_report.md", "confusion matrices": "classification_report.png",
+                "classes STAR": TEST_STAR, "class averages MRC": AVERAGES_MRC}
 GALLERY_COLUMNS = 3
 
 

@@ -196,7 +196,7 @@ def _finish(record: RunRecord, metrics: dict[str, float], finished: list[RunReco
 
 
 def _score(p: CalibrationPlan, kind: str, data: DataBundle, seed: int, record: RunRecord) -> dict[str, float]:
-    from dcbench.runner import save_codes
+    from dcbench.runner import compute_metrics, save_codes
 
     with record.phase("codes"):
         train_codes, test_codes = reference_codes(kind, data, seed)
@@ -204,9 +204,7 @@ def _score(p: CalibrationPlan, kind: str, data: DataBundle, seed: int, record: R
     with record.phase("metrics"):
         stand_in = cast(Method, LabelCodes(REFERENCES[kind]))
         inputs = MetricInput(train_codes, test_codes, data, stand_in, seed, record.path / "figures")
-        metrics: dict[str, float] = {}
-        for metric in p.metrics:
-            metrics.update({k: float(v) for k, v in metric.compute(inputs).items()})
+        metrics = compute_metrics(p.metrics, inputs)
         atomic.write_json(record.path / "metrics.json", metrics)
     return metrics
 

@@ -196,7 +196,7 @@ def write_for_run(run_dir: Path, method: Method, data: DataBundle, test_codes: C
 CODES_FILE = "codes.npz"  # written by dcbench.runner.save_codes
 
 
-def _read_codes(run_dir: Path) -> dict[str, np.ndarray]:
+def read_run_codes(run_dir: Path) -> dict[str, np.ndarray]:
     import zipfile
 
     path = run_dir / CODES_FILE
@@ -232,8 +232,8 @@ def report_from_run(run_dir: Path, load_names: bool = False) -> dict[str, Any]:
     from dcbench.registry import get_registry
 
     run_dir = Path(run_dir)
-    config = _config(run_dir)
-    arrays = _read_codes(run_dir)
+    config = read_run_config(run_dir)
+    arrays = read_run_codes(run_dir)
     seed = int(config["seed"])
     class_names, conformation_names = ([str(v) for v in arrays[key].tolist()] if key in arrays else None
                                        for key in ("class_names", "conformation_names"))
@@ -255,7 +255,7 @@ def _about(config: dict[str, Any]) -> dict[str, Any]:
     return {"method": config.get("method"), "dataset": config.get("dataset"), "preset": config.get("preset_label")}
 
 
-def _config(run_dir: Path) -> dict[str, Any]:
+def read_run_config(run_dir: Path) -> dict[str, Any]:
     """A run folder's config.json, checked to name a method, a dataset and a seed."""
     from dcbench.records import read_json_or_none
 
@@ -271,7 +271,7 @@ def _config(run_dir: Path) -> dict[str, Any]:
 
 def run_dataset(run_dir: Path) -> str:
     """The dataset a finished run used (its config.json)."""
-    return str(_config(run_dir)["dataset"])
+    return str(read_run_config(run_dir)["dataset"])
 
 
 def rewrite(run_dir: Path, load_names: bool = False) -> str:

@@ -203,6 +203,24 @@ def report_command(run_dir: Path, load_data: bool, leaderboard_dir: Path | None)
         click.echo(f"updated {board}" if board else f"{leaderboard_dir}: no seed-0 row of {run_dir}; unchanged")
 
 
+@cli.command("score")
+@click.argument("run_dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--metric", "metrics", multiple=True, required=True, help="Metric name; repeat for several.")
+@click.option("--leaderboard", "board", metavar="DATASET", help="Score the run of every latest row of this board.")
+@click.option("--leaderboard-dir", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True)
+@click.option("--device", help="auto, cpu or cuda.  [default: the run's own]")
+def score_command(run_dirs: tuple[Path, ...], metrics: tuple[str, ...], board: str | None, leaderboard_dir: Path,
+                  device: str | None) -> None:
+    """Score finished runs RUN_DIRS (or a board's runs) again from their codes and checkpoint, without
+    retraining; merges into metrics.json, notes it in provenance.json and updates their leaderboard rows."""
+    from dcbench.registry import get_registry
+    from dcbench.rescore import score
+
+    registry = get_registry()
+    _report_problems(registry)
+    score(list(run_dirs), list(metrics), board, leaderboard_dir, registry, device, echo=click.echo)
+
+
 @cli.command("calibrate")
 @click.option("--dataset", "-d", required=True, help="Dataset name (see `dcbench list`).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds: 0-4, 0,3,7-9 ...")

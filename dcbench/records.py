@@ -124,6 +124,30 @@ class RunRecord:
         record.save()
         return record
 
+    @classmethod
+    def hold_finished(cls, path: Path) -> RunRecord:
+        """Hold a finished run's folder to add to its record (`dcbench score`), status unchanged;
+        refuses a run another process holds. release() lets go of it."""
+        path = Path(path)
+        lock = _hold_lock(path)
+        try:
+            provenance = read_json(path / "provenance.json")
+            if provenance.get("status") != "finished":
+                raise DcbenchError(f"{path} is not a finished run (its status is {provenance.get('status')!r}); "
+                                   "finish it with `dcbench run ... --resume` first")
+        except DcbenchError:
+            lock.release()
+            raise
+        return cls(path, provenance, lock)
+
+    def add_rescoring(self, entry: dict[str, Any]) -> None:
+        """Note a re-scoring (`dcbench score`) in the record: when, which metrics, by which dcbench."""
+        self.provenance.setdefault("rescored", []).append(entry)
+        self.save()
+
+    def release(self) -> None:
+        self._close(lambda: None)
+
     def save(self) -> None:
         atomic.write_json(self.path / "provenance.json", self.provenance)
 

@@ -71,7 +71,8 @@ def subsample(split: Split, size: int, seed: int) -> Split:
         return split
     idx = np.sort(np.random.default_rng(seed).choice(len(split), size=size, replace=False))
     pick = lambda a: None if a is None else a[idx]  # noqa: E731
-    return Split(split.x[idx], split.content[idx], pick(split.conformation), pick(split.transform_params))
+    return Split(split.x[idx], split.content[idx], pick(split.conformation), pick(split.transform_params),
+                 pick(split.names))
 
 
 def transductive_split(data: DataBundle) -> Split:
@@ -247,6 +248,15 @@ def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float
                                   p.dataset_cls.reported_source, commit=finish)
 
 
+def compute_metrics(metrics: list[Metric], inputs: MetricInput) -> dict[str, float]:
+    """Every metric's columns as floats, in order. The one way to score: a run's metrics phase
+    and `dcbench score` (dcbench.rescore) both call it, so re-scoring reproduces a run exactly."""
+    scores: dict[str, float] = {}
+    for metric in metrics:
+        scores.update({k: float(v) for k, v in metric.compute(inputs).items()})
+    return scores
+
+
 def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any]]:
     with record.phase("load_data"):
         data = load_data(p.dataset_cls, p.data_settings, spec.data_root, spec.seed)
@@ -276,10 +286,8 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         finite.check_codes(spec.method, test_codes, "test")
         save_codes(record.path / "codes.npz", train_codes, test_codes, data)
     with record.phase("metrics"):
-        metrics: dict[str, float] = {}
         inputs = MetricInput(train_codes, test_codes, data, method, spec.seed, record.path / "figures")
-        for metric in p.metrics:
-            metrics.update({k: float(v) for k, v in metric.compute(inputs).items()})
+        metrics = compute_metrics(p.metrics, inputs)
         atomic.write_json(record.path / "metrics.json", metrics)
     with record.phase("figures"):
         from dcbench.run_figures import write_run_figures
@@ -287,6 +295,8 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         write_run_figures(method, data, test_codes, record.path / "figures", f"{spec.method} on {spec.dataset}",
                           spec.seed)
         classification_report.write_for_run(record.path, method, data, test_codes, spec.seed)  # 3D runs only
+        from dcbench import exports  # STAR classes and MRC class averages; 3D runs only
+        exports.write_for_run(record.path, data, train_codes, test_codes, p.metrics, spec.seed)
     budget = {"epochs": p.config["epochs"], "train_size": len(fit_split),  # train + test for transductive methods
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
     # What the networks saw, for methods with settings for it (volumes: dcbench.volume_input).

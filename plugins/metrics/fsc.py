@@ -55,9 +55,14 @@ class FSC(Metric):
     """Angular step of the exhaustive rotation grid (552 rotations at 30 degrees)."""
     max_shift_fraction: ClassVar[float] = 0.2
     """Largest shift searched along each axis, as a fraction of the box (6.4 voxels for 32^3)."""
+    cluster_averages: dict[int, np.ndarray]
+    """After compute(): each non-empty cluster's average aligned to its best-matching map (D, H, W),
+    by cluster id (k-means cluster, or the method's class), as fsc_averages.png shows them; empty
+    when the metric was not applicable. dcbench.exports writes them as MRC."""
 
     def compute(self, inputs: MetricInput) -> dict[str, float]:
         data, seed = inputs.data, inputs.seed
+        self.cluster_averages = {}
         not_applicable = {column: math.nan for column in self.columns}
         x = data.test.x
         if data.references is None or x.ndim != 5:
@@ -91,6 +96,7 @@ class FSC(Metric):
                                                       seed + index)
             scores.append(score)
             shown += [aligned, maps[best]]
+            self.cluster_averages[cluster] = aligned
         if inputs.figures_dir is not None and shown:
             # each cluster's aligned average above the true map it matched best
             volume_montage(np.stack(shown), inputs.figures_dir / "fsc_averages.png", step=2)
