@@ -1,4 +1,5 @@
-"""The three plugin interfaces: Dataset, Method and Metric, and the data they exchange.
+"""The plugin interfaces Dataset, Method and Metric, and the data they exchange (the fourth kind of
+plugin, the sweep Executor, is in dcbench.executors).
 
 This module imports only numpy, so third-party plugins can subclass these without pulling in
 torch at listing time. Methods that need torch import it inside their own modules.
@@ -7,9 +8,10 @@ torch at listing time. Methods that need torch import it inside their own module
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -131,15 +133,17 @@ class Dataset(abc.ABC):
     name: ClassVar[str]
     shape: ClassVar[tuple[int, ...]]
     default_metrics: ClassVar[tuple[str, ...]] = ("dscore",)
+    # The tables below default to read-only empty mappings: a subclass assigns its own dict, and
+    # one that mutated an inherited default would change every other dataset's.
     # Numbers published in papers for this dataset: {method: {metric column: value}}.
-    reported: ClassVar[dict[str, dict[str, float]]] = {}
+    reported: ClassVar[Mapping[str, Mapping[str, float]]] = MappingProxyType({})
     reported_source: ClassVar[str] = ""
     # Options a user sets with `--set data.<option>=value` (e.g. a file path), with their
     # defaults; the value's type decides how the text is parsed (None or str: kept as text).
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    option_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     # The type of an option whose default is None (e.g. {"checksums": dict}); dicts and lists
     # are given as JSON. Values are typed while planning, before any run folder exists.
-    option_types: ClassVar[dict[str, type]] = {}
+    option_types: ClassVar[Mapping[str, type]] = MappingProxyType({})
 
     def __init__(self, data_root: Path | None = None, **options: Any) -> None:
         self.data_root = data_root
@@ -212,7 +216,8 @@ class Method(abc.ABC):
     # model the instrument or need a class count: "ctf" (DataBundle.ctf or None), "voxel" (Å per
     # voxel/pixel where known, else None) and "n_classes" (how many content classes the data
     # have, as k for clustering; never any input's label).
-    data_facts: dict[str, Any] = {}  # the runner assigns a new dict; never mutate this one
+    # Read-only until then (a class-level dict would be one object shared by every method).
+    data_facts: Mapping[str, Any] = MappingProxyType({})
     # Set by the runner before fit() (None otherwise): where to report epochs starting and
     # optimiser steps done, if the method wants to (see StepProgress).
     step_progress: StepProgress | None = None
@@ -256,6 +261,18 @@ class Method(abc.ABC):
         self.input_shape = tuple(input_shape)
         self.device = device
         self.seed = seed
+
+    def check_initialised(self) -> None:
+        """Raise PluginError (one line) if Method.__init__ did not run, so that a subclass whose
+        own __init__ forgot super().__init__ fails with what to do instead of an AttributeError
+        later. The runner calls it right after building the method."""
+        missing = [name for name in ("config", "input_shape", "device", "seed") if not hasattr(self, name)]
+        if missing:
+            from dcbench.errors import PluginError  # here: this module imports only numpy at load
+
+            raise PluginError(f"method '{getattr(self, 'name', type(self).__name__)}' ({type(self).__qualname__}) "
+                              f"has no {', '.join(missing)}: its __init__ must call "
+                              "super().__init__(config, input_shape, device, seed)")
 
     @abc.abstractmethod
     def fit(self, train: Split, on_epoch: EpochCallback) -> None:

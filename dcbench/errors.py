@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import warnings
+from collections.abc import Iterable
 
 
 class DcbenchError(Exception):
@@ -11,6 +13,14 @@ class DcbenchError(Exception):
 
 class UnknownNameError(DcbenchError):
     pass
+
+
+def unknown_name_message(kind: str, name: str, available: Iterable[str]) -> str:
+    """'unknown KIND 'NAME': did you mean ...? available: ...' for a name that is not one of `available`."""
+    available = list(available)
+    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"unknown {kind} '{name}': {hint}available: {', '.join(available) or '(none)'}"
 
 
 class DataError(DcbenchError):

@@ -14,14 +14,14 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from dcbench.config import RunSpec, coerce
-from dcbench.errors import DcbenchError
-from dcbench.registry import unknown_name_message
+from dcbench.errors import DcbenchError, unknown_name_message
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Executor(abc.ABC):
     pairs, checked against `option_defaults` (whose types decide how the text is read)."""
 
     name: ClassVar[str]
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    option_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})  # read-only: subclasses assign their own
 
     def __init__(self, jobs: int, folder: Path, options: dict[str, str] | None = None) -> None:
         if jobs < 1:

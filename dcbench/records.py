@@ -226,6 +226,12 @@ def read_json_or_none(path: Path) -> Any:
         return None
 
 
+def read_metrics(run_dir: Path) -> dict[str, float]:
+    """A finished run's metrics.json ({} if it is missing or unreadable)."""
+    metrics = read_json_or_none(Path(run_dir) / "metrics.json")
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

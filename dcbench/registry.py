@@ -1,4 +1,4 @@
-"""The plugin registry: which methods, datasets and metrics exist, and who supplied each.
+"""The plugin registry: which methods, datasets, metrics and executors exist, and who supplied each.
 
 Built-ins and third-party plugins go through the same pluggy hooks. Third-party packages are
 found through the entry-point group "dcbench" and loaded one by one, so a plugin that fails
@@ -7,23 +7,26 @@ included (`sys.exit()` at import), except KeyboardInterrupt, which still stops d
 or SIGTERM through dcbench.interrupts: the user asked to stop). Registered names become folder
 and file names, so names with path separators, `..` or no visible characters are refused. The
 environment variable DCBENCH_PLUGINS, when set, is an allow-list of entry-point names (empty =
-built-ins only).
+built-ins only). The same plugins may add subcommands to the command line (hook register_commands,
+`Registry.add_commands`).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from dcbench import __version__, hookspecs
-from dcbench.errors import PluginError, UnknownNameError
+from dcbench.errors import PluginError, UnknownNameError, unknown_name_message
+
+if TYPE_CHECKING:
+    import click
 
 ENTRY_POINT_GROUP = "dcbench"
 ALLOW_ENV = "DCBENCH_PLUGINS"
@@ -72,6 +75,7 @@ class Registry:
         self._conflicts: dict[tuple[str, str], list[Entry]] = {}
         self.problems: list[str] = []
         self.plugins: dict[str, str] = {}  # plugin name -> version
+        self.hooks: Any = None  # the plugin manager's hook relay, kept for the command hook
 
     def add(self, entry: Entry) -> None:
         if entry.kind not in KINDS:
@@ -109,12 +113,38 @@ class Registry:
     def load(self, kind: str, name: str) -> Any:
         return self.get(kind, name).load()
 
+    def add_commands(self, cli: click.Group) -> list[str]:
+        """Let every plugin add its subcommands to `cli` (hook register_commands), built-ins first; returns
+        the problems, one line each. A plugin that raises keeps what it added before; one that replaces an
+        existing command gets it back, as a name claimed twice must not silently change `dcbench run`."""
+        problems: list[str] = []
+        for impl in self.hooks.register_commands.get_hookimpls() if self.hooks is not None else []:
+            before = _command_tables(cli)
+            try:
+                impl.function(cli=cli)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # as for register_*: a broken plugin must not end dcbench
+                problems.append(f"plugin '{impl.plugin_name}' failed while adding commands: "
+                                f"{type(exc).__name__}: {exc}")
+            for path, (group, table) in before.items():
+                for name, command in table.items():
+                    if group.commands.get(name) is not command:
+                        group.commands[name] = command
+                        problems.append(f"plugin '{impl.plugin_name}' tried to replace the command "
+                                        f"'dcbench {path}{name}'; the existing one was kept")
+        return problems
 
-def unknown_name_message(kind: str, name: str, available: Iterable[str]) -> str:
-    available = list(available)
-    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    return f"unknown {kind} '{name}': {hint}available: {', '.join(available) or '(none)'}"
+
+def _command_tables(cli: click.Group) -> dict[str, tuple[click.Group, dict[str, click.Command]]]:
+    """The commands of `cli` and of its groups one level down, by path ('', 'data ')."""
+    import click
+
+    tables = {"": (cli, dict(cli.commands))}
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            tables[f"{name} "] = (command, dict(command.commands))
+    return tables
 
 
 def _allowed_names() -> set[str] | None:
@@ -167,6 +197,7 @@ def build_registry(extra_plugins: Iterable[Any] = (), entry_points: bool = True)
     except pluggy.PluginValidationError as exc:
         registry.problems.append(f"a plugin implements a hook dcbench does not have: {exc}")
     registry.plugins = versions
+    registry.hooks = pm.hook
     for kind, hook_name in HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             _call_register_hook(registry, kind, impl, versions.get(impl.plugin_name, "?"))

@@ -31,7 +31,7 @@ from dcbench import atomic, leaderboard
 from dcbench.api import Codes, Method, Metric, MetricInput
 from dcbench.classification_report import CODES_FILE, read_run_codes, read_run_config
 from dcbench.errors import DcbenchError
-from dcbench.records import RunRecord, environment, read_json_or_none, utc_now
+from dcbench.records import RunRecord, environment, read_json_or_none, read_metrics, utc_now
 from dcbench.registry import Registry
 from dcbench.runner import compute_metrics, data_facts, load_data
 
@@ -115,11 +115,12 @@ def score_run(run_dir: Path, metrics: list[Metric], registry: Registry, leaderbo
                 raise DcbenchError(f"dataset '{dataset}' loaded again does not match {run_dir / CODES_FILE} "
                                    f"({split} labels differ): its files changed since the run; rerun it instead")
         method = method_cls(config["method_config"], data.shape, device or config.get("device") or "auto", seed)
+        method.check_initialised()
         method.data_facts = data_facts(data)
         trained = _TrainedMethod(method, run_dir / CHECKPOINT)
         codes = [Codes(arrays[f"{s}_content"], arrays[f"{s}_transformation"], arrays.get(f"{s}_assignments"))
                  for s in ("train", "test")]
-        before = _read_metrics(run_dir)
+        before = read_metrics(run_dir)
         scores: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as scratch:  # a metric's figures, kept only if all goes well
             inputs = MetricInput(codes[0], codes[1], data, cast(Method, trained), seed, Path(scratch))
@@ -195,11 +196,6 @@ def summary(result: Rescored) -> str:
 
 def _same(old: Any, new: float) -> bool:
     return old == new or (old is None or old != old) and new != new  # NaN (or null) is n/a on both sides
-
-
-def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    metrics = read_json_or_none(run_dir / METRICS)
-    return metrics if isinstance(metrics, dict) else {}
 
 
 def _check_applies(metric: Metric, computed: dict[str, float], before: dict[str, Any], run_dir: Path, dataset: str,

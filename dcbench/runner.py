@@ -15,7 +15,7 @@ from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput,
 from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
 from dcbench.errors import DataError, DcbenchError
 from dcbench.progress import EpochProgress
-from dcbench.records import RunRecord, environment, read_json_or_none, utc_now
+from dcbench.records import RunRecord, environment, read_json_or_none, read_metrics, utc_now
 from dcbench.registry import Registry, get_registry
 from dcbench.settings_checks import check_seed
 
@@ -220,12 +220,6 @@ def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = Fals
     return RunResult(record.path, metrics, board, resumed=resumed)
 
 
-def read_metrics(run_dir: Path) -> dict[str, float]:
-    """A finished run's metrics.json ({} if it is missing or unreadable)."""
-    metrics = read_json_or_none(Path(run_dir) / "metrics.json")
-    return metrics if isinstance(metrics, dict) else {}
-
-
 def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float], row_facts: dict[str, Any],
              finish: Callable[[], None]) -> Path | None:
     """Publish the run: its seed-0 figures, then its row together with finish() (which marks
@@ -262,6 +256,7 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         data = load_data(p.dataset_cls, p.data_settings, spec.data_root, spec.seed)
     with record.phase("build"):
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)
+        method.check_initialised()  # one line if a plugin's __init__ skipped Method.__init__
         method.training_state = record.path / TRAINING_STATE
         method.training_state_interval_s = spec.checkpoint_every_s
         method.data_facts = data_facts(data)

@@ -28,6 +28,7 @@ from dcbench import atomic, cells
 from dcbench.config import RunSpec
 from dcbench.errors import DcbenchError
 from dcbench.executors import CellOutcome, CellTask, Executor
+from dcbench.records import read_metrics  # light: no torch, unlike dcbench.runner
 from dcbench.registry import Registry
 from dcbench.settings_checks import check_seed
 
@@ -145,8 +146,6 @@ def run_cells(cells_: list[Cell], executor: Executor, folder: Path, retries: int
     """Run the cells that need it, retrying failures up to `retries` times (a retry continues the
     failed attempt's run folder), with one progress bar over all cells."""
     from tqdm.auto import tqdm
-
-    from dcbench.runner import read_metrics
 
     by_index = {cell.index: cell for cell in cells_}
     for cell in cells_:

@@ -10,6 +10,7 @@ import torch
 
 from dcbench.api import Split
 from dcbench.errors import DcbenchError
+from dcbench_plugins.common import geometry
 from dcbench_plugins.dualcontrast import losses, networks, transforms
 from dcbench_plugins.dualcontrast.method import DualContrast, DualContrastNoConC, DualContrastNoConZ
 
@@ -87,7 +88,7 @@ def test_rotation_by_90_degrees_matches_rot90() -> None:
     image = torch.zeros(1, 1, 9, 9)
     image[0, 0, 1:4, 2:7] = 1.0
     quarter = torch.tensor([math.pi / 2])
-    rotated = transforms.warp(image, transforms.rotation_matrices_2d(quarter))
+    rotated = geometry.warp(image, geometry.rotation_matrices_2d(quarter))
     expected = torch.rot90(image, k=1, dims=(2, 3))
     assert torch.allclose(rotated, expected, atol=1e-5) or torch.allclose(rotated, torch.rot90(image, -1, (2, 3)),
                                                                             atol=1e-5)
@@ -104,7 +105,7 @@ def test_rotations_are_per_sample_unless_asked_per_batch() -> None:
 
 
 def test_3d_rotation_matrices_are_orthonormal() -> None:
-    r = transforms.rotation_matrices_3d(torch.rand(5, 3) * 3)
+    r = geometry.rotation_matrices_3d(torch.rand(5, 3) * 3)
     assert torch.allclose(r @ r.transpose(1, 2), torch.eye(3).expand(5, 3, 3), atol=1e-5)
     assert torch.allclose(torch.linalg.det(r), torch.ones(5), atol=1e-5)
 

@@ -38,7 +38,7 @@ import dcbench
 import dcbench.registry
 from dcbench.api import DataBundle, Dataset, Split
 from dcbench.cli import main
-from dcbench_plugins.datasets import mnist
+from dcbench_plugins.datasets import mnist_files
 
 BOX = 32
 N_VOLUMES = 6
@@ -148,7 +148,7 @@ def tiny_idx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Tiny MNIST IDX files in tmp_path/data; their md5s stand in for the official ones."""
     monkeypatch.setenv("DCBENCH_CACHE", str(tmp_path / "cache"))
     data = tiny_mnist()
-    monkeypatch.setattr(mnist, "OFFICIAL_MD5", data.checksums())
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", data.checksums())
     return data, write_idx_files(tmp_path / "data", data, gz=False)
 
 
@@ -166,7 +166,7 @@ def test_truncated_idx_file(tmp_path, monkeypatch, capsys, tiny_idx, gz) -> None
     # md5s of the truncated file, so that the IDX parser (not the checksum) has to catch it
     sums = dict(data.checksums())
     sums[IDX_FILES[0]] = {"raw": md5(cut), "gz": md5(gzip_bytes(cut))}
-    monkeypatch.setattr(mnist, "OFFICIAL_MD5", sums)
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", sums)
     ws = Workspace(tmp_path, "mnist")
     status, err = run_cli(monkeypatch, capsys, ws.args("dualcontrast", "mnist", "data.download=false",
                                                        metric="dscore") + ["--data-root", str(tmp_path / "data")])

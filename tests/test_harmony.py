@@ -11,7 +11,7 @@ import torch
 
 from dcbench.api import Split
 from dcbench.errors import DcbenchError
-from dcbench_plugins.dualcontrast import transforms
+from dcbench_plugins.common import geometry
 from dcbench_plugins.harmony import poses
 from dcbench_plugins.harmony.method import Harmony, default_gamma, gaussian_kl
 
@@ -73,7 +73,7 @@ def test_broadcast_warp_equals_affine_grid_warp(shape) -> None:
     x = torch.rand(*shape, generator=g)
     s = len(shape) - 2
     linear, shift = torch.randn(shape[0], s, s, generator=g), 0.3 * torch.randn(shape[0], s, generator=g)
-    assert torch.allclose(poses.warp(x, linear, shift), transforms.warp(x, linear, shift), atol=1e-5)
+    assert torch.allclose(poses.warp(x, linear, shift), geometry.warp(x, linear, shift), atol=1e-5)
 
 
 def test_predicted_shifts_are_bounded() -> None:

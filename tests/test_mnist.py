@@ -22,7 +22,7 @@ from fixtures_data import (
 )
 
 from dcbench.errors import DataError
-from dcbench_plugins.datasets import mnist
+from dcbench_plugins.datasets import mnist, mnist_files
 from dcbench_plugins.datasets.mnist import MNIST, import_mnist
 
 
@@ -35,7 +35,7 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny(monkeypatch):
     data = tiny_mnist()
-    monkeypatch.setattr(mnist, "OFFICIAL_MD5", data.checksums())
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", data.checksums())
     return data
 
 
@@ -101,7 +101,7 @@ def test_official_checksums_reject_other_files(tmp_path, cache):
 def test_decompressed_bytes_of_a_gz_file_are_verified_too(tmp_path, cache, tiny, monkeypatch):
     sums = tiny.checksums()
     sums[IDX_FILES[1]] = dict(sums[IDX_FILES[1]], raw="0" * 32)
-    monkeypatch.setattr(mnist, "OFFICIAL_MD5", sums)
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", sums)
     write_idx_files(tmp_path / "data", tiny, gz=True)
     with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz \(decompressed\)"):
         MNIST(data_root=tmp_path / "data", download=False).load(0)
@@ -121,7 +121,7 @@ def test_truncated_idx_is_a_data_error(tmp_path, cache, tiny, monkeypatch, gz):
     # checksums of the truncated file, so that the IDX parser (not the md5) must catch it
     sums = dict(tiny.checksums())
     sums[IDX_FILES[0]] = {"raw": md5(cut), "gz": md5(gzip_bytes(cut))}
-    monkeypatch.setattr(mnist, "OFFICIAL_MD5", sums)
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", sums)
     with pytest.raises(DataError, match=rf"{target.name} is truncated"):
         MNIST(data_root=tmp_path / "data", download=False).load(0)
 
@@ -164,7 +164,7 @@ def test_import_defaults_to_the_cache_and_load_uses_it(tmp_path, cache, tiny):
 def test_pickle_import_that_does_not_match_is_refused_and_writes_nothing(tmp_path, cache, tiny, monkeypatch):
     sums = tiny.checksums()
     sums[IDX_FILES[3]] = dict(sums[IDX_FILES[3]], raw="f" * 32)
-    monkeypatch.setattr(mnist, "OFFICIAL_MD5", sums)
+    monkeypatch.setattr(mnist_files, "OFFICIAL_MD5", sums)
     source = tmp_path / "mnist.pkl.gz"
     source.write_bytes(mnist_pickle_bytes(tiny))
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte rebuilt from .*mnist\.pkl\.gz has md5"):

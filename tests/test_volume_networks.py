@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from dcbench_plugins.common.volume_layers import FlatConv3d, FlatConvTranspose3d
 from dcbench_plugins.dualcontrast import networks, transforms
 from dcbench_plugins.dualcontrast.method import DualContrast
-from dcbench_plugins.dualcontrast.volume_layers import FlatConv3d, FlatConvTranspose3d
 from dcbench_plugins.harmony.method import Harmony
 
 VOLUME = (1, 32, 32, 32)

@@ -41,6 +41,7 @@ from dcbench.torchkit import (
     make_adam,
 )
 from dcbench.volume_input import QUICK_VOLUME_BUDGET, RAW_VOLUMES, VolumeInput
+from dcbench_plugins.common.latent import paper_latent_dim
 from dcbench_plugins.dualcontrast import losses, networks, transforms
 from dcbench_plugins.dualcontrast.small_volume_networks import small_volume_networks, small_volume_unsupported
 
@@ -110,7 +111,7 @@ class DualContrast(TorchMethod):
     @classmethod
     def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
         volume = len(input_shape) == 4
-        latent_dim = networks.paper_latent_dim(input_shape)
+        latent_dim = paper_latent_dim(input_shape)
         config: dict[str, Any] = {
             "latent_dim": latent_dim,
             "epochs": 200 if not volume else 150,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dcbench_plugins.dualcontrast.volume_layers import FlatConv3d, linear_with_free_rows
+from dcbench_plugins.common.volume_layers import FlatConv3d, linear_with_free_rows
 
 GREY_28 = (1, 28, 28)
 COLOUR_64 = (3, 64, 64)
@@ -197,14 +197,6 @@ def build_networks(input_shape: tuple[int, ...], latent_dim: int) -> tuple[nn.Mo
     else:
         raise ValueError(f"no DualContrast architecture for inputs of shape {shape}")
     return encoder, decoder
-
-
-def paper_latent_dim(input_shape: tuple[int, ...]) -> int:
-    """The paper's code size d for this kind of input: 10 for grey images, 16 for colour
-    images, 50 for volumes. Baselines use it too, so that methods compare at equal code size."""
-    if len(input_shape) == 4:
-        return 50
-    return 16 if input_shape[0] == 3 else 10
 
 
 def unsupported_reason(input_shape: tuple[int, ...]) -> str | None:

@@ -78,7 +78,7 @@ from dcbench.torchkit import (
     make_adam,
 )
 from dcbench.volume_input import QUICK_VOLUME_BUDGET, RAW_VOLUMES, VolumeInput
-from dcbench_plugins.dualcontrast.networks import paper_latent_dim
+from dcbench_plugins.common.latent import paper_latent_dim
 from dcbench_plugins.harmony import networks, poses
 
 

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from dcbench_plugins.dualcontrast.volume_layers import FlatConv3d, FlatConvTranspose3d
+from dcbench_plugins.common.volume_layers import FlatConv3d, FlatConvTranspose3d
 
 HIDDEN_2D = (512, 512, 512, 512, 128)
 

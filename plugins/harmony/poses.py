@@ -11,7 +11,7 @@ so canonicalise(pose(x, phi), phi) = x up to resampling and the border. Training
 input to canonical pose with its own predicted phi (differentiable through grid_sample);
 decoding puts the canonical image back into the pose of phi.
 
-`warp` has the semantics of DualContrast's transforms.warp (tests check they agree) but builds
+`warp` has the semantics of common.geometry.warp (tests check they agree) but builds
 the sampling grid with a few broadcast multiply-adds instead of F.affine_grid: on CPU,
 affine_grid's batched (HW x 3) @ (3 x 2) bmm and its base-grid copy took ~14% of a training
 step at batch 100 on 28x28 (1 thread); the broadcast grid costs a fraction of that.
@@ -24,7 +24,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from dcbench_plugins.dualcontrast.transforms import rotation_matrices_2d, rotation_matrices_3d
+from dcbench_plugins.common.geometry import rotation_matrices_2d, rotation_matrices_3d
 
 
 def _grid(linear: torch.Tensor, shift: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -50,7 +50,7 @@ def _grid(linear: torch.Tensor, shift: torch.Tensor, size: tuple[int, ...]) -> t
 
 def warp(x: torch.Tensor, linear: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Resample x (N,C,H,W) or (N,C,D,H,W) so that output(p) = x(linear @ p + shift), p in
-    normalised [-1, 1] coordinates about the centre; zeros outside (as transforms.warp)."""
+    normalised [-1, 1] coordinates about the centre; zeros outside (as geometry.warp)."""
     grid = _grid(linear.to(x.dtype), shift.to(x.dtype), tuple(x.shape[2:]))
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

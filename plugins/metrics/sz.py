@@ -27,7 +27,7 @@ def rotate_batch(x: np.ndarray, angles: np.ndarray) -> np.ndarray:
     (N, 1, D, H, W) about the z axis (the first spatial axis), with bilinear resampling."""
     import torch
 
-    from dcbench_plugins.dualcontrast.transforms import rotation_matrices_2d, rotation_matrices_3d, warp
+    from dcbench_plugins.common.geometry import rotation_matrices_2d, rotation_matrices_3d, warp
 
     t = torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32)
     a = torch.as_tensor(angles, dtype=torch.float32)

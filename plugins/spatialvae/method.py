@@ -63,7 +63,7 @@ from dcbench.errors import DcbenchError
 from dcbench.settings_checks import require_number, require_whole
 from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
 from dcbench.volume_input import QUICK_VOLUME_BUDGET, RAW_VOLUMES, VolumeInput
-from dcbench_plugins.dualcontrast.networks import paper_latent_dim
+from dcbench_plugins.common.latent import paper_latent_dim
 from dcbench_plugins.spatialvae import networks
 
 LIKELIHOODS = ("bernoulli", "gaussian")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dcbench_plugins.dualcontrast.transforms import rotation_matrices_2d, rotation_matrices_3d
+from dcbench_plugins.common.geometry import rotation_matrices_2d, rotation_matrices_3d
 
 ACTIVATIONS = ("tanh", "leaky_relu")
 ROTATIONS_3D = ("axis_angle", "euler")

@@ -116,7 +116,7 @@ class Spectrum(Method):
     @classmethod
     def default_config(cls, preset: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
         # The code size other methods use for this shape, so that k-means and probes compare alike.
-        from dcbench_plugins.dualcontrast.networks import paper_latent_dim
+        from dcbench_plugins.common.latent import paper_latent_dim
 
         size = paper_latent_dim(tuple(input_shape))
         # The same settings at both presets: nothing here trades time for quality.

@@ -57,7 +57,7 @@ from dcbench.api import EpochCallback, Split
 from dcbench.errors import DcbenchError
 from dcbench.settings_checks import require_number, require_whole
 from dcbench.torchkit import TorchMethod, make_adam
-from dcbench_plugins.dualcontrast.networks import paper_latent_dim
+from dcbench_plugins.common.latent import paper_latent_dim
 from dcbench_plugins.vitae import cpab as cpab_lib
 from dcbench_plugins.vitae import networks, warps
 
