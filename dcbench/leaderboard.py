@@ -173,15 +173,26 @@ def republish(directory: Path, dataset: str, run_dir: Path,
               reported: dict[str, dict[str, float]] | None = None, reported_source: str = "") -> Path | None:
     """Append the latest row of the run `run_dir` again with its figures and reports published
     anew (files added to the run folder after its row was appended, e.g. by `dcbench report`).
-    The metrics are the row's own; the older line stays as history. None if the board has no row
-    of that run or the run is not the gallery seed."""
-    target = Path(run_dir).resolve()
-    rows = [r for r in read_rows(directory, dataset) if Path(str(r.get("run", ""))).resolve() == target]
-    if not rows or rows[-1].get("seed") != GALLERY_SEED:
+    The metrics are the row's own; the older line stays as history. None if the board shows no
+    row of that run (none, or a rerun of its cell replaced it) or the run is not the gallery seed."""
+    latest = latest_row_of_run(directory, dataset, run_dir)
+    if latest is None or latest.get("seed") != GALLERY_SEED:
         return None
-    row = {**rows[-1], "republished_at": utc_now()}
-    publish_figures(directory, row, target)
+    row = {**latest, "republished_at": utc_now()}
+    publish_figures(directory, row, Path(run_dir).resolve())
     return append_row(directory, dataset, row, reported, reported_source, replace=True)
+
+
+def latest_row_of_run(directory: Path, dataset: str, run_dir: Path) -> dict[str, Any] | None:
+    """The row the board shows for the run's cell if it is this run's, else None: appending an
+    older run's row again would push a newer rerun of the same cell off the page."""
+    if not jsonl_path(directory, dataset).is_file():
+        return None
+    target = Path(run_dir).resolve()
+    for row in latest_rows(read_rows(directory, dataset)):
+        if row.get("run") and Path(str(row["run"])).resolve() == target:
+            return row
+    return None
 
 
 def render(directory: Path, dataset: str, reported: dict[str, dict[str, float]] | None = None,
@@ -232,4 +243,5 @@ def _render_or_warn(directory: Path, dataset: str, reported: dict[str, dict[str,
 
 
 __all__ = ["FIGURE_FILES", "GALLERY_SEED", "append_row", "has_run_row", "jsonl_path", "latest_rows",
-           "markdown_path", "publish_figures", "read_rows", "render", "render_markdown", "republish", "try_render"]
+           "latest_row_of_run", "markdown_path", "publish_figures", "read_rows", "render", "render_markdown",
+           "republish", "try_render"]

@@ -227,7 +227,7 @@ def _publish(record: RunRecord, config: dict[str, Any], dataset_cls: Any, metric
             raise
 
     dataset = str(config["dataset"])
-    row = _board_row(leaderboard_dir, dataset, record.path) if leaderboard_dir is not None else None
+    row = None if leaderboard_dir is None else leaderboard.latest_row_of_run(leaderboard_dir, dataset, record.path)
     if row is None:
         commit()
         return f"no leaderboard row of this run in {leaderboard_dir}: board unchanged" if leaderboard_dir \
@@ -243,18 +243,6 @@ def _publish(record: RunRecord, config: dict[str, Any], dataset_cls: Any, metric
     page = leaderboard.append_row(leaderboard_dir, dataset, row, dataset_cls.reported, dataset_cls.reported_source,
                                   commit=commit, replace=True)
     return f"leaderboard row updated: {page or leaderboard.jsonl_path(leaderboard_dir, dataset)}"
-
-
-def _board_row(directory: Path, dataset: str, run_dir: Path) -> dict[str, Any] | None:
-    """The board's latest row of the run's cell if it is this run's (an older run's row, replaced
-    on the page by a rerun, must not come back by being appended again); else None."""
-    if not leaderboard.jsonl_path(directory, dataset).is_file():
-        return None
-    target = run_dir.resolve()
-    for row in leaderboard.latest_rows(leaderboard.read_rows(directory, dataset)):
-        if row.get("run") and Path(str(row["run"])).resolve() == target:
-            return row
-    return None
 
 
 __all__ = ["BoardScoring", "Rescored", "check_run", "load_metrics", "score", "score_board", "score_run", "summary"]

@@ -272,6 +272,18 @@ def test_a_row_goes_in_once_per_run_folder_and_republish_replaces_it(tmp_path: P
     assert "0.700" in (tmp_path / "toy.md").read_text() and "0.800" not in (tmp_path / "toy.md").read_text()
 
 
+def test_republishing_an_older_run_does_not_push_a_rerun_of_its_cell_off_the_page(tmp_path: Path) -> None:
+    old, new = tmp_path / "run-old", tmp_path / "run-new"
+    for run_dir in (old, new):
+        run_dir.mkdir()
+    leaderboard.append_row(tmp_path, "toy", {**GOOD, "run": str(old), "metrics": {"D(c|c)": 0.8}})
+    leaderboard.append_row(tmp_path, "toy", {**GOOD, "run": str(new), "metrics": {"D(c|c)": 0.6}})  # the rerun
+    assert leaderboard.republish(tmp_path, "toy", old) is None  # the page shows the rerun's row: keep it so
+    assert len(leaderboard.read_rows(tmp_path, "toy")) == 2 and "0.600" in (tmp_path / "toy.md").read_text()
+    assert leaderboard.republish(tmp_path, "toy", new) is not None
+    assert "0.600" in (tmp_path / "toy.md").read_text() and "0.800" not in (tmp_path / "toy.md").read_text()
+
+
 # Where a SIGKILL lands: before the row is written, between the row and the record's finish,
 # after both but before the page is rendered.
 KILL_POINTS = {"before the row": (leaderboard, "_append_line"), "between row and record": (RunRecord, "finish"),
