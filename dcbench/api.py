@@ -8,7 +8,7 @@ torch at listing time. Methods that need torch import it inside their own module
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +24,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 class StepProgress(Protocol):
-    """Progress within epochs, which the runner installs as `Method.step_progress` before fit().
+    """Progress within epochs, which the runner passes to fit() as `RunContext.step_progress`.
     Reporting is optional; a method that reports lets the run show an early estimate of its
     duration and a bar that moves during long epochs. TorchMethod's run_epochs and
     optimise_epoch report for you. Both calls are cheap (they read a clock, never a device)."""
@@ -34,6 +34,46 @@ class StepProgress(Protocol):
 
     def step_done(self, step: int, steps_per_epoch: int) -> None:
         """Optimiser step `step` (0-based, within the epoch) of `steps_per_epoch` is done."""
+
+
+def _ignore_epoch(epoch: int, losses: dict[str, float]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the runner hands a method's fit() besides the data (scikit-learn's way: settings in
+    __init__, data and the run's circumstances in fit). Every field has a default, so a test or
+    a notebook can call `method.fit(train, RunContext())`.
+
+    on_epoch: call it after each epoch with the epoch index and each loss term's mean; the
+      runner's progress bar, which also stops the run on a non-finite loss.
+    data_facts: facts about the data beyond the inputs, for methods that model the instrument or
+      need a class count: "ctf" (DataBundle.ctf or None), "voxel" (Å per voxel/pixel where known,
+      else None) and "n_classes" (how many content classes the data have, as k for clustering;
+      never any input's label).
+    training_state: the run folder's training-state file, for `resumable` methods (None: keep
+      none); training_state_interval_s: the least time between two writes of it (0: after every
+      epoch; the last epoch is always written).
+    work_dir: a folder of the run's own for files a method makes while training (an external
+      program's inputs and outputs): `<run folder>/<method name>`, not made in advance; None
+      outside a run: make a temporary one.
+    step_progress: where to report epochs starting and optimiser steps done, if the method wants
+      to (see StepProgress); None outside a run.
+
+    Also callable as on_epoch, so a method written for the older `fit(train, on_epoch)` runs
+    unchanged.
+    """
+
+    on_epoch: EpochCallback = _ignore_epoch
+    data_facts: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    training_state: Path | None = None
+    training_state_interval_s: float = 0.0
+    work_dir: Path | None = None
+    step_progress: StepProgress | None = None
+
+    def __call__(self, epoch: int, losses: dict[str, float]) -> None:
+        self.on_epoch(epoch, losses)
 
 
 @dataclass
@@ -189,7 +229,7 @@ class Method(abc.ABC):
     """A disentanglement method: trains on a dataset, then encodes inputs into codes.
 
     Lifecycle used by the runner:
-      m = MethodClass(config, input_shape, device, seed); m.fit(train, on_epoch)
+      m = MethodClass(config, input_shape, device, seed); m.fit(train, RunContext(...))
       m.save(path); m.encode(x) -> Codes; m.decode(c, z) if m.generative.
     `config` is the resolved dict of this method's settings (defaults for the preset, then
     the user's overrides); `default_config` lists every setting a user may override.
@@ -197,30 +237,21 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     generative: ClassVar[bool] = False
-    # True when fit() honours `training_state`: it rewrites that file (atomically) after every
-    # epoch with everything needed to continue, and continues from it when it exists at the
+    # True when fit() honours `context.training_state`: it rewrites that file (atomically) after
+    # every epoch with everything needed to continue, and continues from it when it exists at the
     # start of fit(). `dcbench run --resume` and sweeps then pick a killed run up where it
     # stopped; other methods restart training from scratch in the same run folder.
     resumable: ClassVar[bool] = False
-    # Set by the runner before fit(): the run folder's training-state file, and the least time
-    # between two writes of it (0: after every epoch; the last epoch is always written).
-    training_state: Path | None = None
-    training_state_interval_s: float = 0.0
     # True for methods that, like Hydra, assign classes only to the inputs they trained on and
     # cannot encode new ones. The runner then fits on the train and test inputs together (one
     # Split, train rows first, labels withheld as -1: no method learns from labels, so seeing
     # the test inputs this way leaks nothing a clustering method may not use) and encode() is
     # only asked for rows of those same inputs.
     transductive: ClassVar[bool] = False
-    # Set by the runner before fit(): facts about the data beyond the inputs, for methods that
-    # model the instrument or need a class count: "ctf" (DataBundle.ctf or None), "voxel" (Å per
-    # voxel/pixel where known, else None) and "n_classes" (how many content classes the data
-    # have, as k for clustering; never any input's label).
-    # Read-only until then (a class-level dict would be one object shared by every method).
-    data_facts: Mapping[str, Any] = MappingProxyType({})
-    # Set by the runner before fit() (None otherwise): where to report epochs starting and
-    # optimiser steps done, if the method wants to (see StepProgress).
-    step_progress: StepProgress | None = None
+    # Which code holds the conformation of an object, the method's claim: "content" (a
+    # conformation is part of what an object is, not of its pose) or "transformation". The ari
+    # metric and the classification report cluster that code within each composition.
+    conformation_code: ClassVar[Literal["content", "transformation"]] = "content"
 
     @classmethod
     @abc.abstractmethod
@@ -275,8 +306,10 @@ class Method(abc.ABC):
                               "super().__init__(config, input_shape, device, seed)")
 
     @abc.abstractmethod
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
-        """Train on `train`, calling on_epoch(epoch, {loss term: mean}) after each epoch."""
+    def fit(self, train: Split, context: RunContext) -> None:
+        """Train on `train`, calling context.on_epoch(epoch, {loss term: mean}) after each epoch;
+        the rest of `context` (data facts, training-state file, work folder, step progress) is
+        there to use, not to keep: encode/decode/save must not need it."""
 
     @abc.abstractmethod
     def encode(self, x: np.ndarray) -> Codes:
@@ -304,20 +337,60 @@ class MetricInput:
     data: DataBundle
     method: Method
     seed: int
-    # Where a metric may leave figures of its own (the run's figures/ folder); None: draw none.
+    # Where a metric may draw figures of its own (the run's figures/ folder); None: draw none.
+    # compute returns the files it drew in MetricResult.figures.
     figures_dir: Path | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class MetricResult(Mapping[str, float]):
+    """What compute may return instead of a {column: value} dict: the scores and the figures it
+    drew, {kind (the leaderboard's link, e.g. "cluster averages"): file under figures_dir}.
+    Reads as the scores mapping itself, so code that indexes a metric's result works with both."""
+
+    scores: Mapping[str, float]
+    figures: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __getitem__(self, column: str) -> float:
+        return self.scores[column]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.scores)
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 class Metric(abc.ABC):
     """A score computed from codes, labels and, where needed, the trained method.
 
     `columns` maps each number the metric reports to its direction: 'max' if higher is better,
-    'min' if lower is better. `compute` returns {column: value} (NaN for "not applicable").
+    'min' if lower is better. `compute` returns {column: value} or a MetricResult (with the
+    figures it drew); NaN means "not applicable".
+
+    `requires`: what the metric needs, names from dcbench.metric_contract.REQUIREMENTS. The
+    runner and `dcbench score` check it first: if one is unmet, compute is not called, every
+    column is NaN and the run's provenance.json says why ("not_applicable"). compute still
+    returns NaN for what only the data can tell (e.g. fewer than two classes).
+    `settings`: every tuning value that can change a number (a subsample size), read as
+    `self.settings[...]`; recorded in the run's config.json and leaderboard row
+    ("metric_settings"). A subclass changes them with `settings = {**Base.settings, "key": v}`.
     """
 
     name: ClassVar[str]
     columns: ClassVar[dict[str, Direction]]
+    requires: ClassVar[frozenset[str]] = frozenset()
+    settings: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        from dcbench.metric_contract import check_requires  # here: this module imports only numpy at load
+
+        # a set or a dict in the class body: stored read-only, names checked when the plugin loads
+        cls.requires = check_requires(cls.__qualname__, cls.requires)
+        if "settings" in cls.__dict__:
+            cls.settings = MappingProxyType(dict(cls.settings))
 
     @abc.abstractmethod
-    def compute(self, inputs: MetricInput) -> dict[str, float]:
+    def compute(self, inputs: MetricInput) -> Mapping[str, float]:
         ...

@@ -11,15 +11,14 @@ from collections import OrderedDict
 from typing import Any
 
 from dcbench import board_rows, stats
-from dcbench.exports import AVERAGES_MRC, TEST_STAR
 
 ARROWS = {"max": "↑", "min": "↓"}
-# kind -> file in the run folder; a seed-0 row links each one its run has, in this order. The
-# exports (3D runs): the test particles' classes as STAR, the class averages as one MRC stack.
-FIGURE_FILES = {"transfer grid": "figures/transfer_grid.png", "embedding": "figures/content_embedding.png",
-                "montage": "figures/volume_montage.png", "cluster averages": "figures/fsc_averages.png",
-                "classification report": "classification_report.md", "confusion matrices": "classification_report.png",
-                "classes STAR": TEST_STAR, "class averages MRC": AVERAGES_MRC}
+# The order in which a seed-0 row links the figures and reports its run listed (a row's "figures",
+# kind -> published file; see leaderboard.publish_figures); kinds not named here come after, in
+# the row's order. The exports (3D runs): the test particles' classes as STAR, the class averages
+# as one MRC stack.
+FIGURE_ORDER = ("transfer grid", "embedding", "montage", "cluster averages", "classification report",
+                "confusion matrices", "classes STAR", "class averages MRC")
 GALLERY_COLUMNS = 3
 
 
@@ -167,7 +166,8 @@ def _latest_figures(members: list[dict[str, Any]]) -> dict[str, str]:
 
 def _figure_links(members: list[dict[str, Any]]) -> str:
     figures = _latest_figures(members)
-    links = [f"[{kind}]({figures[kind]})" for kind in FIGURE_FILES if kind in figures]
+    kinds = [kind for kind in FIGURE_ORDER if kind in figures] + [kind for kind in figures if kind not in FIGURE_ORDER]
+    links = [f"[{kind}]({figures[kind]})" for kind in kinds]
     if members[-1].get("generative") is False:
         links.insert(0, "no decoder")
     return " · ".join(links)

@@ -35,7 +35,8 @@ from dcbench import atomic, leaderboard
 from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput
 from dcbench.config import parse_assignments, preset_label, resolve_method_config
 from dcbench.errors import DcbenchError
-from dcbench.records import RunRecord, environment, utc_now
+from dcbench.metric_contract import metric_settings, score_metrics
+from dcbench.records import RunRecord, environment, utc_now, write_figures
 from dcbench.registry import Registry, get_registry
 from dcbench.settings_checks import check_seeds
 
@@ -168,14 +169,13 @@ def calibrate_seed(p: CalibrationPlan, seed: int, data_root: Path | None, runs_d
         started = time.perf_counter()
         config = {"calibration": kind, "method": method, "dataset": p.dataset, "seed": seed, "preset": PRESET,
                   "preset_label": p.label, "metrics": [m.name for m in p.metrics], "data_root": data_root,
-                  "overrides": p.overrides, "data": p.data_settings}
+                  "overrides": p.overrides, "data": p.data_settings, "metric_settings": metric_settings(p.metrics)}
         record = RunRecord.create(runs_dir, f"calibration-{kind}", p.dataset, seed, config)
         finished: list[RunRecord] = []  # filled when its row goes in: a later error must not unmark it
         try:
-            record.provenance.update(environment=env, device="cpu",
-                                     data={"train_size": len(data.train), "test_size": len(data.test),
+            record.note_setup(env, "cpu", {"train_size": len(data.train), "test_size": len(data.test),
                                            **data.provenance})
-            record.provenance["phases_s"]["load_data"] = load_s  # one load serves both references
+            record.add_phase_seconds("load_data", load_s)  # one load serves both references
             metrics = _score(p, kind, data, seed, record)
             board = _publish(p, kind, seed, metrics, record, env, leaderboard_dir,
                              functools.partial(_finish, record, metrics, finished))
@@ -196,7 +196,7 @@ def _finish(record: RunRecord, metrics: dict[str, float], finished: list[RunReco
 
 
 def _score(p: CalibrationPlan, kind: str, data: DataBundle, seed: int, record: RunRecord) -> dict[str, float]:
-    from dcbench.runner import compute_metrics, save_codes
+    from dcbench.runner import save_codes
 
     with record.phase("codes"):
         train_codes, test_codes = reference_codes(kind, data, seed)
@@ -204,9 +204,11 @@ def _score(p: CalibrationPlan, kind: str, data: DataBundle, seed: int, record: R
     with record.phase("metrics"):
         stand_in = cast(Method, LabelCodes(REFERENCES[kind]))
         inputs = MetricInput(train_codes, test_codes, data, stand_in, seed, record.path / "figures")
-        metrics = compute_metrics(p.metrics, inputs)
-        atomic.write_json(record.path / "metrics.json", metrics)
-    return metrics
+        scoring = score_metrics(p.metrics, inputs)  # as a run scores (dcbench.metric_contract)
+        record.note_not_applicable(scoring.not_applicable)
+        atomic.write_json(record.path / "metrics.json", scoring.scores)
+        write_figures(record.path, scoring.figures)  # the cluster averages, for the board (seed 0)
+    return scoring.scores
 
 
 def _publish(p: CalibrationPlan, kind: str, seed: int, metrics: dict[str, float], record: RunRecord,
@@ -215,6 +217,7 @@ def _publish(p: CalibrationPlan, kind: str, seed: int, metrics: dict[str, float]
     nothing trained. finish() marks the record finished in the same step as the row goes in."""
     row = {"method": REFERENCES[kind], "dataset": p.dataset, "preset": p.label, "seed": seed, "metrics": metrics,
            "directions": {c: d for m in p.metrics for c, d in m.columns.items()}, "calibration": kind,
+           "metric_settings": metric_settings(p.metrics),
            "run": str(record.path), "finished_at": utc_now(), "dcbench": env["dcbench"],
            "git_commit": env["dcbench_git_commit"],
            "spec": {"preset": PRESET, "epochs": None, "overrides": p.overrides,

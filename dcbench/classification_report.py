@@ -21,6 +21,7 @@ F1 and support.
 The runner writes the report (classification_report.json, .md and .png in the run folder) for
 every run whose test split has conformation labels; `dcbench report RUN_DIR` rewrites it from a
 finished run's codes.npz, also for a run without conformation labels (then composition only).
+Both list the .md and .png in the run's figures.json (REPORT_KINDS), which the leaderboard links.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dcbench.errors import DcbenchError
 REPORT_JSON = "classification_report.json"
 REPORT_MD = "classification_report.md"
 REPORT_PNG = "classification_report.png"
+REPORT_KINDS = {REPORT_MD: "classification report", REPORT_PNG: "confusion matrices"}  # file -> the board's link
 FORMAT = "dcbench classification report 1"
 CHANCE_DRAWS = 1000
 
@@ -176,21 +178,27 @@ def write_report(folder: Path, report: dict[str, Any]) -> list[Path]:
     return [folder / REPORT_JSON, folder / REPORT_MD, *([figure] if figure else [])]
 
 
-def write_for_run(run_dir: Path, method: Method, data: DataBundle, test_codes: Codes, seed: int) -> list[Path]:
+def write_for_run(run_dir: Path, method: Method, data: DataBundle, test_codes: Codes, seed: int) -> dict[str, Path]:
     """The runner's hook: the report of a run, written into its folder only where the test split
-    has conformation labels (a 3D dataset's); [] otherwise."""
+    has conformation labels (a 3D dataset's); returns {kind: file} of what the board links (the
+    Markdown, the confusion matrices), {} when nothing was written."""
     from dcbench.records import read_json_or_none
 
     test = data.test
     if test.conformation is None:
-        return []
+        return {}
     config = read_json_or_none(Path(run_dir) / "config.json")
     about = _about(config if isinstance(config, dict) else {})  # as `dcbench report` reads it back
     report = build_report(test.content, test_codes.content, test_codes.transformation, seed,
                           conformation=test.conformation, assignments=test_codes.assignments,
                           class_names=data.class_names, conformation_names=data.conformation_names,
-                          conformation_code=getattr(method, "conformation_code", "content"), about=about)
-    return write_report(run_dir, report)
+                          conformation_code=method.conformation_code, about=about)
+    return linked(write_report(run_dir, report))
+
+
+def linked(paths: list[Path]) -> dict[str, Path]:
+    """{kind: file} of the report files the leaderboard links, among those written."""
+    return {REPORT_KINDS[path.name]: path for path in paths if path.name in REPORT_KINDS}
 
 
 CODES_FILE = "codes.npz"  # written by dcbench.runner.save_codes
@@ -241,9 +249,8 @@ def report_from_run(run_dir: Path, load_names: bool = False) -> dict[str, Any]:
         class_names, conformation_names = _names_from_data(config, seed)
     registry = get_registry()
     method = str(config["method"])
-    # which code holds conformation is the method's claim (as for ARI); an unknown method: content
-    which = getattr(registry.load("method", method), "conformation_code", "content") \
-        if method in registry.names("method") else "content"
+    # which code holds conformation is the method's claim (as for ARI); an unknown method: the default
+    which = (registry.load("method", method) if method in registry.names("method") else Method).conformation_code
     return build_report(arrays["test_labels"], arrays["test_content"], arrays["test_transformation"], seed,
                         conformation=arrays.get("test_conformation"), assignments=arrays.get("test_assignments"),
                         class_names=class_names, conformation_names=conformation_names, conformation_code=which,
@@ -275,9 +282,12 @@ def run_dataset(run_dir: Path) -> str:
 
 
 def rewrite(run_dir: Path, load_names: bool = False) -> str:
-    """`dcbench report`: rewrite a finished run's report files; returns what to tell the user."""
+    """`dcbench report`: rewrite a finished run's report files (and list them in its
+    figures.json, for the board); returns what to tell the user."""
     from dcbench.classification_report_render import summary_line
+    from dcbench.records import write_figures
 
     report = report_from_run(run_dir, load_names)
     paths = write_report(run_dir, report)
+    write_figures(run_dir, linked(paths), merge=True)
     return "\n".join([summary_line(report), *(f"wrote {path}" for path in paths)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,22 @@ class RunSpec:
     # The training state is rewritten at most this often (and after the last epoch); 0: every
     # epoch. A 3D DualContrast state is ~2 GB, which costs seconds to write.
     checkpoint_every_s: float = 60.0
+
+    def settings(self) -> dict[str, Any]:
+        """What the run is, as JSON: the one shape that a run's config.json, its leaderboard
+        row's "spec" and `dcbench reproduce` share. Where and how it runs (folders, device,
+        checkpoint interval) is not part of it."""
+        return {"method": self.method, "dataset": self.dataset, "seed": int(self.seed), "preset": self.preset,
+                "epochs": self.epochs, "overrides": dict(self.overrides), "metrics": list(self.metrics)}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **where: Any) -> RunSpec:
+        """The inverse of settings(); `where` gives the rest (runs_dir=..., device=...)."""
+        epochs = settings.get("epochs")
+        return cls(method=str(settings["method"]), dataset=str(settings["dataset"]), seed=int(settings["seed"]),
+                   preset=str(settings["preset"]), epochs=None if epochs is None else int(epochs),
+                   overrides={str(k): str(v) for k, v in (settings.get("overrides") or {}).items()},
+                   metrics=[str(m) for m in settings.get("metrics") or []], **where)
 
 
 def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, str]:

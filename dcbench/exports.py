@@ -12,13 +12,15 @@
   particles get the same numbering: their own assignments, or the class whose test-cluster mean
   content code is nearest. Class number = cluster id + 1.
 - `class_averages.mrcs`: the `fsc` metric's cluster averages (each aligned to its best-matching
-  reference map, up to `FSC.max_particles` test particles each) as one MRC volume stack: volume N
-  is class N (all zeros for a class that has no average: empty, or never averaged), voxel size
-  in the header. One stack rather than a file per class so the board links one file (mrcfile and
+  reference map, up to its `max_particles` setting of test particles each) as one MRC volume
+  stack: volume N is class N (all zeros for a class that has no average: empty, or never
+  averaged), voxel size in the header. One stack rather than a file per class so the board links one file (mrcfile and
   the `mrc` dataset read it as a stack, ispg 401). Only where the fsc metric ran and applied.
 
 2D runs write nothing (inputs that are not volumes), and neither does a method with neither
-content codes nor assignments.
+content codes nor assignments. The runner lists the test STAR ("classes STAR") and the averages
+("class averages MRC") in the run's figures.json, which the leaderboard links; the train STAR
+stays in the run folder.
 """
 
 from __future__ import annotations
@@ -119,23 +121,25 @@ def cluster_averages(metrics: Sequence[Metric]) -> dict[int, np.ndarray]:
 
 
 def write_for_run(run_dir: Path, data: DataBundle, train_codes: Codes, test_codes: Codes,
-                  metrics: Sequence[Metric], seed: int) -> list[Path]:
-    """The runner's hook: the exports of a 3D run (see the module docstring); [] for 2D runs."""
+                  metrics: Sequence[Metric], seed: int) -> dict[str, Path]:
+    """The runner's hook: the exports of a 3D run (see the module docstring); returns {kind: file}
+    of those the board links ({} for 2D runs). `metrics`: those the run computed (not the ones
+    that did not apply), whose cluster averages become the MRC stack."""
     if data.test.x.ndim != 5:  # volumes only (2D images have no STAR / MRC use)
-        return []
+        return {}
     classes = test_classes(test_codes, data.test.content, seed)
     if classes is None:
-        return []
+        return {}
     run_dir = Path(run_dir)
     # Å per voxel: the reference maps', else one the dataset read with its labels (a STAR's pixel size)
     voxel = data.references.voxel if data.references is not None else data.provenance.get(PIXEL_SIZE)
     voxel = float(voxel) if isinstance(voxel, (int, float)) and voxel > 0 else None
     box = data.test.x.shape[-1]
-    written = [write_star(run_dir / TEST_STAR, star_blocks(classes, _names(data.test), voxel, box))]
+    linked = {"classes STAR": write_star(run_dir / TEST_STAR, star_blocks(classes, _names(data.test), voxel, box))}
     train = train_classes(train_codes, test_codes, classes)
-    written.append(write_star(run_dir / TRAIN_STAR, star_blocks(train, _names(data.train), voxel, box)))
+    write_star(run_dir / TRAIN_STAR, star_blocks(train, _names(data.train), voxel, box))
     averages = cluster_averages(metrics)
     if averages and voxel is not None:
         n_classes = max(int(classes.max()), *averages) + 1
-        written.append(write_averages(run_dir / AVERAGES_MRC, averages, n_classes, voxel))
-    return written
+        linked["class averages MRC"] = write_averages(run_dir / AVERAGES_MRC, averages, n_classes, voxel)
+    return linked

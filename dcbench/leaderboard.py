@@ -29,9 +29,9 @@ from typing import Any
 from filelock import FileLock
 
 from dcbench import atomic, board_rows
-from dcbench.board_markdown import FIGURE_FILES, latest_rows, render_markdown
+from dcbench.board_markdown import latest_rows, render_markdown
 from dcbench.errors import DcbenchError, DcbenchWarning
-from dcbench.records import utc_now
+from dcbench.records import figure_files, utc_now
 
 
 def jsonl_path(directory: Path, dataset: str) -> Path:
@@ -145,23 +145,25 @@ def _slug(text: str) -> str:
 
 
 def publish_figures(directory: Path, row: dict[str, Any], run_dir: Path) -> None:
-    """Copy a seed-0 run's figures and reports (FIGURE_FILES) into `directory`/figures and note
-    their paths in the row (relative to the leaderboard), so the Markdown can show every method
-    side by side. A Markdown report's links to files published with it are rewritten to their
-    published names."""
+    """Copy a seed-0 run's figures and reports, those its figures.json lists (records.figure_files;
+    a run from before that list: the files it has of those runs used to make), into
+    `directory`/figures and note their paths in the row (relative to the leaderboard), so the
+    Markdown can show every method side by side. A Markdown report's links to files published
+    with it are rewritten to their published names."""
     if row.get("seed") != GALLERY_SEED:
         return
     prefix = f"{row['dataset']}-{_slug(row['method'])}-{_slug(row['preset'])}-seed{row['seed']}"
-    names = {kind: f"{prefix}-{_slug(kind)}{Path(path).suffix}" for kind, path in FIGURE_FILES.items()
-             if (Path(run_dir) / path).exists()}
+    files = {kind: path for kind, path in figure_files(run_dir).items()  # files inside the run folder only
+             if not Path(path).is_absolute() and ".." not in Path(path).parts and (Path(run_dir) / path).is_file()}
+    names = {kind: f"{prefix}-{_slug(kind)}{Path(path).suffix}" for kind, path in files.items()}
     for kind, name in names.items():
-        source = Path(run_dir) / FIGURE_FILES[kind]
+        source = Path(run_dir) / files[kind]
         data = source.read_bytes()
         if source.suffix == ".md":  # links relative to the report's folder: point them at the copies
             text = data.decode("utf-8")
             for other, other_name in names.items():
-                relative = Path(FIGURE_FILES[other])
-                if relative.parent == Path(FIGURE_FILES[kind]).parent:
+                relative = Path(files[other])
+                if relative.parent == Path(files[kind]).parent:
                     text = text.replace(f"]({relative.name})", f"]({other_name})")
             data = text.encode("utf-8")
         atomic.write_bytes(Path(directory) / "figures" / name, data)
@@ -242,6 +244,6 @@ def _render_or_warn(directory: Path, dataset: str, reported: dict[str, dict[str,
         return None
 
 
-__all__ = ["FIGURE_FILES", "GALLERY_SEED", "append_row", "has_run_row", "jsonl_path", "latest_rows",
+__all__ = ["GALLERY_SEED", "append_row", "has_run_row", "jsonl_path", "latest_rows",
            "latest_row_of_run", "markdown_path", "publish_figures", "read_rows", "render", "render_markdown",
            "republish", "try_render"]

@@ -161,7 +161,7 @@ class EpochProgress:
     log file. Keeps the loss history in the run record after every epoch (a resumed run goes
     on from it) and stops the run on a non-finite loss.
 
-    Also the method's `step_progress` (dcbench.api.StepProgress): reported steps move the bar
+    Also the run context's `step_progress` (dcbench.api.StepProgress): reported steps move the bar
     within an epoch and give the estimate of the run's duration, shown once (a line above the
     bar or in the log, the bar's postfix) and kept in the record as `estimated_train_s`."""
 
@@ -170,7 +170,7 @@ class EpochProgress:
         from tqdm.auto import tqdm
 
         self.epochs, self.label, self.record, self.clock = epochs, label, record, clock
-        self.history: list[dict[str, float]] = list(record.provenance.get("loss_history", [])) if record else []
+        self.history: list[dict[str, float]] = record.loss_history if record else []
         self.estimator = RunEstimator(epochs, clock, wall)
         self.bar = None
         self._drawn = clock()
@@ -196,8 +196,7 @@ class EpochProgress:
         # A resumed run repeats the epochs after its last checkpoint: their new numbers replace the old.
         self.history = [h for h in self.history if h["epoch"] < epoch] + [{"epoch": epoch, **terms}]
         if self.record is not None:
-            self.record.provenance["loss_history"] = self.history
-            self.record.save()
+            self.record.add_epoch(epoch, terms)
         bad = [k for k, v in terms.items() if not math.isfinite(v)]
         if bad:
             raise TrainingDiverged(f"loss term '{bad[0]}' became {terms[bad[0]]} in epoch {epoch + 1}; "
@@ -215,9 +214,7 @@ class EpochProgress:
     def _show(self, estimate: Estimate) -> None:
         line = estimate.line()
         if self.record is not None:
-            self.record.provenance["estimated_train_s"] = round(estimate.train_s, 1)
-            self.record.provenance["estimate"] = estimate.as_record()
-            self.record.save()
+            self.record.note_estimate(estimate.as_record(), estimate.train_s)
         if self.bar is not None:
             self.bar.write(f"{self.label}: {line}", file=sys.stderr)
             self.bar.set_postfix_str(line, refresh=True)  # until the first epoch's losses replace it

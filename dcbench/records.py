@@ -4,6 +4,10 @@ provenance.json is rewritten (atomically) at every phase and epoch, so a run tha
 leaves a record saying how far it got and why it stopped. A live run holds an OS lock on the
 folder's `.running.lock` (released by the kernel even when the process is killed), which is
 how a record that says "running" is told apart from one whose process died.
+
+figures.json lists the figures and reports the leaderboard links, {kind: path relative to the
+run folder}, as whoever drew them returned them (the runner, a metric, `dcbench report`,
+`dcbench score`); the board publishes what it lists (figure_files).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -140,6 +144,49 @@ class RunRecord:
             raise
         return cls(path, provenance, lock)
 
+    # What a run keeps goes in through these, so that one class knows the record's layout.
+    def note_setup(self, environment: dict[str, Any], device: str, data: dict[str, Any]) -> None:
+        """The machine and software (records.environment()), the device trained on, and facts
+        about the data (sizes and the dataset's own provenance)."""
+        self.provenance.update(environment=environment, device=device, data=data)
+        self.save()
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """What note_setup recorded ({} before it)."""
+        return dict(self.provenance.get("environment") or {})
+
+    @property
+    def loss_history(self) -> list[dict[str, float]]:
+        """One {"epoch": i, term: mean, ...} per epoch trained, in order."""
+        return list(self.provenance.get("loss_history", []))
+
+    def add_epoch(self, epoch: int, terms: dict[str, float]) -> None:
+        """Keep an epoch's loss means. A resumed run repeats the epochs after its last
+        checkpoint: their new numbers replace the old, and later epochs' are dropped."""
+        history = [h for h in self.loss_history if h["epoch"] < epoch] + [{"epoch": epoch, **terms}]
+        self.provenance["loss_history"] = history
+        self.save()
+
+    def note_estimate(self, estimate: dict[str, Any], train_s: float) -> None:
+        """The run's estimated training time (dcbench.progress), as first shown."""
+        self.provenance.update(estimated_train_s=round(train_s, 1), estimate=estimate)
+        self.save()
+
+    def phase_seconds(self, name: str) -> float:
+        """Wall time spent in a phase so far (0 if it has not run)."""
+        return float(self.provenance["phases_s"].get(name, 0.0))
+
+    def add_phase_seconds(self, name: str, seconds: float) -> None:
+        """Count time spent on a phase outside `phase()` (e.g. a load shared by two records)."""
+        self.provenance["phases_s"][name] = round(self.phase_seconds(name) + seconds, 3)
+        self.save()
+
+    def note_not_applicable(self, reasons: dict[str, str]) -> None:
+        """The metrics whose requirements the run did not meet, {metric: why} (dcbench.metric_contract)."""
+        self.provenance["not_applicable"] = dict(reasons)
+        self.save()
+
     def add_rescoring(self, entry: dict[str, Any]) -> None:
         """Note a re-scoring (`dcbench score`) in the record: when, which metrics, by which dcbench."""
         self.provenance.setdefault("rescored", []).append(entry)
@@ -161,9 +208,7 @@ class RunRecord:
         try:
             yield
         finally:
-            spent = self.provenance["phases_s"].get(name, 0.0) + time.perf_counter() - start
-            self.provenance["phases_s"][name] = round(spent, 3)
-            self.save()
+            self.add_phase_seconds(name, time.perf_counter() - start)
 
     def finish(self, **extra: Any) -> None:
         self.provenance.update(status="finished", finished_at=utc_now(), phase=None, **extra)
@@ -237,3 +282,45 @@ def read_json(path: Path) -> dict[str, Any]:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DcbenchError(f"cannot read {path}: {exc}") from exc
+
+
+FIGURES_FILE = "figures.json"
+# Runs recorded before run folders listed their figures have no figures.json: these are the
+# files such a run may hold, by kind, found by looking. History, not a list to extend: a new
+# figure is listed by whoever draws it.
+LEGACY_FIGURE_FILES = {"transfer grid": "figures/transfer_grid.png", "embedding": "figures/content_embedding.png",
+                       "montage": "figures/volume_montage.png", "cluster averages": "figures/fsc_averages.png",
+                       "classification report": "classification_report.md",
+                       "confusion matrices": "classification_report.png",
+                       "classes STAR": "exports/test_particles.star",
+                       "class averages MRC": "exports/class_averages.mrcs"}
+
+
+def figure_files(run_dir: Path) -> dict[str, str]:
+    """The run's figures and reports, {kind: path relative to the run folder}: as its
+    figures.json lists them, or, for a run from before that list, the LEGACY_FIGURE_FILES it has."""
+    listed = read_json_or_none(Path(run_dir) / FIGURES_FILE)
+    if isinstance(listed, dict) and all(isinstance(v, str) for v in listed.values()):
+        return dict(listed)
+    return {kind: path for kind, path in LEGACY_FIGURE_FILES.items() if (Path(run_dir) / path).is_file()}
+
+
+def write_figures(run_dir: Path, figures: Mapping[str, Path | str], merge: bool = False) -> dict[str, str]:
+    """Write the run's figures.json: `figures` {kind: file} (a path in the run folder, or one
+    relative to it), added to those it lists already (figure_files) when `merge`. Returns the list."""
+    run_dir = Path(run_dir)
+    listed = figure_files(run_dir) if merge else {}
+    listed.update({kind: _in_run(run_dir, Path(path)) for kind, path in figures.items()})
+    atomic.write_json(run_dir / FIGURES_FILE, listed)
+    return listed
+
+
+def _in_run(run_dir: Path, path: Path) -> str:
+    """A file's path relative to the run folder (ValueError for an absolute one outside it)."""
+    if path.is_absolute():
+        return path.resolve().relative_to(run_dir.resolve()).as_posix()
+    try:
+        return path.relative_to(run_dir).as_posix()  # run_dir / "figures/x.png", run_dir relative
+    except ValueError:
+        return path.as_posix()  # relative to the run folder already
+

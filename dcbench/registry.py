@@ -48,10 +48,26 @@ class Entry:
     _loaded: Any = field(default=None, repr=False)
 
     def load(self) -> Any:
-        """The registered object, importing it on first use."""
+        """The registered object, importing it on first use; checked to be a subclass of its
+        kind's base class and to carry the registered name (PluginError, one line, if not)."""
         if self._loaded is None:
-            self._loaded = self._import() if isinstance(self.target, str) else self.target
+            loaded = self._import() if isinstance(self.target, str) else self.target
+            self._check(loaded)
+            self._loaded = loaded
         return self._loaded
+
+    def _check(self, loaded: Any) -> None:
+        base = _base_class(self.kind)
+        where = f"{self.kind} '{self.name}' from plugin '{self.plugin}'"
+        if not (isinstance(loaded, type) and issubclass(loaded, base)):
+            raise PluginError(f"{where} is {loaded!r}, not a subclass of {base.__module__}.{base.__qualname__}; "
+                              f"register the class (see docs/plugins.md)")
+        own = getattr(loaded, "name", None)
+        if own is None:  # one name, given once: the registered one
+            loaded.name = self.name
+        elif own != self.name:  # the runner and the records would disagree on what ran
+            raise PluginError(f"{where} is registered as '{self.name}' but its class says name = '{own}'; "
+                              "make the two the same")
 
     def _import(self) -> Any:
         module_name, _, attr = self.target.partition(":")
@@ -134,6 +150,14 @@ class Registry:
                         problems.append(f"plugin '{impl.plugin_name}' tried to replace the command "
                                         f"'dcbench {path}{name}'; the existing one was kept")
         return problems
+
+
+def _base_class(kind: str) -> type:
+    """The class every plugin of `kind` must subclass (imported on first use: listing plugins
+    needs neither module)."""
+    from dcbench import api, executors
+
+    return {"method": api.Method, "dataset": api.Dataset, "metric": api.Metric, "executor": executors.Executor}[kind]
 
 
 def _command_tables(cli: click.Group) -> dict[str, tuple[click.Group, dict[str, click.Command]]]:

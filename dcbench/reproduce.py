@@ -89,9 +89,10 @@ def load_cells(leaderboard_dir: Path, dataset: str, presets: list[str] | None = 
 
 def run_spec(cell: Cell, runs_dir: Path, leaderboard_dir: Path | None, device: str,
              data_root: Path | None) -> RunSpec:
-    return RunSpec(method=cell.method, dataset=cell.dataset, metrics=list(cell.metrics), seed=cell.seed,
-                   preset=cell.preset, epochs=cell.epochs, device=device, overrides=dict(cell.overrides),
-                   data_root=data_root, runs_dir=runs_dir, leaderboard_dir=leaderboard_dir)
+    settings = {"method": cell.method, "dataset": cell.dataset, "seed": cell.seed, "preset": cell.preset,
+                "epochs": cell.epochs, "overrides": dict(cell.overrides), "metrics": list(cell.metrics)}
+    return RunSpec.from_settings(settings, device=device, data_root=data_root, runs_dir=runs_dir,
+                                 leaderboard_dir=leaderboard_dir)
 
 
 @dataclass(frozen=True)

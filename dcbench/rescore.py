@@ -5,12 +5,14 @@ checkpoint.pt (the trained model), and config.json says how its data were loaded
 seed). Re-scoring loads the data again as the run did (runner.load_data), checks they are the
 data the codes belong to (the same labels), rebuilds the method from its checkpoint with its own
 load_state (only when a metric calls into it: decoding or encoding, e.g. recon, S(z)) and
-computes the metrics through runner.compute_metrics, the function the run itself used, with the
-run's seed: a run's own metrics come out exactly as in its metrics.json, so a refactor of a
-metric can be checked on finished runs.
+computes the metrics through metric_contract.score_metrics, the function the run itself used,
+with the run's seed: a run's own metrics come out exactly as in its metrics.json, so a refactor
+of a metric can be checked on finished runs.
 
 The results merge into metrics.json (new values replace those of the same column, others stay),
-the re-scoring is noted in provenance.json ("rescored": when, which metrics, the environment),
+figures the metrics drew are added to the run's figures.json, the re-scoring is noted in
+provenance.json ("rescored": when, which metrics, their settings, those that did not apply and
+why, the environment),
 and, where the board's latest row of the run's cell is this run's, that row is appended again
 with the merged metrics (leaderboard.append_row(replace=True), as `dcbench report` republishes
 a row), metrics.json and the record written in the same locked step. Every check and every
@@ -31,9 +33,10 @@ from dcbench import atomic, leaderboard
 from dcbench.api import Codes, Method, Metric, MetricInput
 from dcbench.classification_report import CODES_FILE, read_run_codes, read_run_config
 from dcbench.errors import DcbenchError
-from dcbench.records import RunRecord, environment, read_json_or_none, read_metrics, utc_now
+from dcbench.metric_contract import Scoring, metric_settings, score_metrics
+from dcbench.records import RunRecord, environment, read_json_or_none, read_metrics, utc_now, write_figures
 from dcbench.registry import Registry
-from dcbench.runner import compute_metrics, data_facts, load_data
+from dcbench.runner import load_data
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.json"
@@ -45,6 +48,7 @@ class Rescored:
     before: dict[str, float]  # metrics.json before
     scores: dict[str, float]  # the columns just computed
     board: str  # what happened to the leaderboard, in words
+    not_applicable: dict[str, str] = field(default_factory=dict)  # metric -> why it gave only n/a
 
 
 @dataclass
@@ -116,25 +120,29 @@ def score_run(run_dir: Path, metrics: list[Metric], registry: Registry, leaderbo
                                    f"({split} labels differ): its files changed since the run; rerun it instead")
         method = method_cls(config["method_config"], data.shape, device or config.get("device") or "auto", seed)
         method.check_initialised()
-        method.data_facts = data_facts(data)
         trained = _TrainedMethod(method, run_dir / CHECKPOINT)
         codes = [Codes(arrays[f"{s}_content"], arrays[f"{s}_transformation"], arrays.get(f"{s}_assignments"))
                  for s in ("train", "test")]
         before = read_metrics(run_dir)
-        scores: dict[str, float] = {}
+        scoring = Scoring()
         with tempfile.TemporaryDirectory() as scratch:  # a metric's figures, kept only if all goes well
             inputs = MetricInput(codes[0], codes[1], data, cast(Method, trained), seed, Path(scratch))
             for metric in metrics:
                 trained.metric = metric.name
-                computed = compute_metrics([metric], inputs)  # the run's own function, metric by metric
+                computed = score_metrics([metric], inputs)  # the run's own function, metric by metric
                 _check_applies(metric, computed, before, run_dir, dataset, str(config["method"]))
-                scores.update(computed)
+                scoring.scores.update(computed.scores)
+                scoring.figures.update(computed.figures)
+                scoring.not_applicable.update(computed.not_applicable)
             for figure in (f for f in Path(scratch).iterdir() if f.is_file()):  # all checks passed: now write
                 atomic.write_bytes(run_dir / "figures" / figure.name, figure.read_bytes())
-        board = _publish(record, config, dataset_cls, metrics, before, scores, leaderboard_dir, method.device)
+            if scoring.figures:  # listed for the board, as the run lists its own
+                write_figures(run_dir, {kind: run_dir / "figures" / Path(path).relative_to(scratch)
+                                        for kind, path in scoring.figures.items()}, merge=True)
+        board = _publish(record, config, dataset_cls, metrics, before, scoring, leaderboard_dir, method.device)
     finally:
         record.release()
-    return Rescored(run_dir, before, scores, board)
+    return Rescored(run_dir, before, scoring.scores, board, scoring.not_applicable)
 
 
 def score(run_dirs: list[Path], metric_names: list[str], board: str | None, leaderboard_dir: Path,
@@ -198,22 +206,26 @@ def _same(old: Any, new: float) -> bool:
     return old == new or (old is None or old != old) and new != new  # NaN (or null) is n/a on both sides
 
 
-def _check_applies(metric: Metric, computed: dict[str, float], before: dict[str, Any], run_dir: Path, dataset: str,
+def _check_applies(metric: Metric, computed: Scoring, before: dict[str, Any], run_dir: Path, dataset: str,
                    method: str) -> None:
     """Refuse a metric that gives no number for this run, unless the run already recorded it (then
     n/a is the value to reproduce)."""
-    if computed and all(v != v for v in computed.values()) and not set(computed) & set(before):
+    scores = computed.scores
+    if scores and all(v != v for v in scores.values()) and not set(scores) & set(before):
+        why = computed.not_applicable.get(metric.name)
         raise DcbenchError(f"metric '{metric.name}' does not apply to {run_dir} (dataset '{dataset}', method "
-                           f"'{method}'): every column it gives is n/a; nothing was written")
+                           f"'{method}'): {f'it {why}' if why else 'every column it gives is n/a'}; "
+                           "nothing was written")
 
 
 def _publish(record: RunRecord, config: dict[str, Any], dataset_cls: Any, metrics: list[Metric],
-             before: dict[str, Any], scores: dict[str, float], leaderboard_dir: Path | None, device: str) -> str:
+             before: dict[str, Any], scoring: Scoring, leaderboard_dir: Path | None, device: str) -> str:
     """Write metrics.json and the record's note and, where the board shows this run, its row
     again, in one locked step (the row is taken back if the writes fail). Returns what happened."""
-    env = environment()
+    env, scores, settings = environment(), scoring.scores, metric_settings(metrics)
     entry = {"at": utc_now(), "metrics": [m.name for m in metrics], "columns": list(scores),
              "changed": {k: [before[k], v] for k, v in scores.items() if k in before and not _same(before[k], v)},
+             "metric_settings": settings, "not_applicable": scoring.not_applicable,
              "device": device, "environment": env}
     old_bytes = (record.path / METRICS).read_bytes() if (record.path / METRICS).is_file() else None
 
@@ -236,6 +248,7 @@ def _publish(record: RunRecord, config: dict[str, Any], dataset_cls: Any, metric
     spec["metrics"] = list(dict.fromkeys([*spec.get("metrics", []), *entry["metrics"]]))  # reproduce scores them
     row = {**row, "metrics": {**row["metrics"], **scores}, "spec": spec,
            "directions": {**row.get("directions", {}), **{c: d for m in metrics for c, d in m.columns.items()}},
+           "metric_settings": {**(row.get("metric_settings") or {}), **settings},
            "rescored_at": entry["at"], "rescored_dcbench": env["dcbench"],
            "rescored_git_commit": env["dcbench_git_commit"]}
     row.pop("figures", None)  # published anew (seed 0), with any figure a new metric drew

@@ -1,12 +1,13 @@
-"""The figures every run leaves in its `figures/` folder.
+"""The figures every run leaves in its `figures/` folder, by kind (the leaderboard's link):
 
-- content_embedding.png: a 2D embedding of the test content codes coloured by content class and,
-  where the dataset has conformation labels, a second panel of the same points by conformation;
-  none for zero-width content codes (methods such as Hydra that only assign classes).
-- transfer_grid.png (generative methods): Dec(c, z) swapped across one test input per class;
-  volumes show their central slice.
-- volume_montage.png (volumes): slice-by-slice montage of one test input per class and, for
-  generative methods, its reconstruction Dec(c, z) beneath it.
+- embedding, content_embedding.png: a 2D embedding of the test content codes coloured by
+  content class and, where the dataset has conformation labels, a second panel of the same
+  points by conformation; none for zero-width content codes (methods such as Hydra that only
+  assign classes).
+- transfer grid, transfer_grid.png (generative methods): Dec(c, z) swapped across one test input
+  per class; volumes show their central slice.
+- montage, volume_montage.png (volumes): slice-by-slice montage of one test input per class and,
+  for generative methods, its reconstruction Dec(c, z) beneath it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dcbench.finite import checked_decode
 
 
 def write_run_figures(method: Method, data: DataBundle, test_codes: Codes, folder: Path, title: str,
-                      seed: int) -> None:
+                      seed: int) -> dict[str, Path]:
+    """Draw the run's figures into `folder`; returns {kind: file} of those drawn."""
     from dcbench.embedding import embedding_panels
     from dcbench.figures import one_per_class, transfer_grid, volume_montage
 
@@ -28,10 +30,11 @@ def write_run_figures(method: Method, data: DataBundle, test_codes: Codes, folde
     panels = [(f"{title}: test content codes by class", test.content, data.class_names)]
     if test.conformation is not None:
         panels.append(("... and by conformation", test.conformation, data.conformation_names))
+    drawn: dict[str, Path] = {}
     if test_codes.content.shape[1] > 0:  # zero-width: nothing to embed
-        embedding_panels(test_codes.content, panels, folder / "content_embedding.png", seed)
+        drawn["embedding"] = embedding_panels(test_codes.content, panels, folder / "content_embedding.png", seed)
     if method.generative:
-        transfer_grid(method, test, folder / "transfer_grid.png")
+        drawn["transfer grid"] = transfer_grid(method, test, folder / "transfer_grid.png")
     if test.x.ndim == 5:
         idx = one_per_class(test)
         rows = [test.x[idx]]
@@ -39,4 +42,6 @@ def write_run_figures(method: Method, data: DataBundle, test_codes: Codes, folde
             codes = method.encode(test.x[idx])
             rows.append(checked_decode(method, codes.content, codes.transformation, "the volume montage"))
         # input above its reconstruction, class by class
-        volume_montage(np.stack(rows, 1).reshape(-1, *test.x.shape[1:]), folder / "volume_montage.png", step=2)
+        drawn["montage"] = volume_montage(np.stack(rows, 1).reshape(-1, *test.x.shape[1:]),
+                                          folder / "volume_montage.png", step=2)
+    return drawn

@@ -6,20 +6,25 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from dcbench import atomic, cells, classification_report, finite, leaderboard
-from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, Split
+from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, MetricInput, RunContext, Split
 from dcbench.config import PRESETS, RunSpec, dataset_options, preset_label, resolve_method_config
 from dcbench.errors import DataError, DcbenchError
+from dcbench.metric_contract import metric_settings, score_metrics
 from dcbench.progress import EpochProgress
-from dcbench.records import RunRecord, environment, read_json_or_none, read_metrics, utc_now
+from dcbench.records import RunRecord, environment, read_json_or_none, read_metrics, utc_now, write_figures
 from dcbench.registry import Registry, get_registry
 from dcbench.settings_checks import check_seed
 
 TRAINING_STATE = "train_state.pt"
+
+# The part of RunSpec.settings() a leaderboard row keeps as "spec" (the row has the rest).
+ROW_SPEC_KEYS = ("preset", "epochs", "overrides", "metrics")
 
 
 @dataclass
@@ -84,7 +89,7 @@ def transductive_split(data: DataBundle) -> Split:
 
 
 def data_facts(data: DataBundle) -> dict[str, Any]:
-    """What Method.data_facts holds: facts about the data beyond the inputs, never labels."""
+    """What RunContext.data_facts holds: facts about the data beyond the inputs, never labels."""
     voxel = data.references.voxel if data.references is not None else None
     return {"ctf": dict(data.ctf) if data.ctf else None, "voxel": voxel, "n_classes": data.n_classes}
 
@@ -133,6 +138,11 @@ def save_codes(path: Path, train: Codes, test: Codes, data: DataBundle) -> None:
     atomic.write_with(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
+def planned_settings(spec: RunSpec, p: Plan) -> dict[str, Any]:
+    """RunSpec.settings() with the metrics the plan resolved (the dataset's defaults if none were asked)."""
+    return {**spec.settings(), "metrics": [m.name for m in p.metrics]}
+
+
 def cell_of(spec: RunSpec, p: Plan) -> dict[str, Any]:
     """The identity of the grid cell a planned run belongs to (see dcbench.cells)."""
     return cells.cell_identity(spec.method, spec.dataset, spec.seed, p.label, [m.name for m in p.metrics],
@@ -158,12 +168,10 @@ def execute(spec: RunSpec, registry: Registry | None = None, resume: bool = Fals
     re-rendered after; a page that cannot be written is a warning, not a failed run."""
     registry = registry or get_registry()
     p = plan(spec, registry)
-    metric_names = [m.name for m in p.metrics]
     identity = cell_of(spec, p)
-    full_config = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed, "preset": spec.preset,
-                   "preset_label": p.label, "device": spec.device, "metrics": metric_names,
-                   "data_root": spec.data_root, "overrides": spec.overrides, "method_config": p.config,
-                   "data": p.data_settings, "cell": identity}
+    full_config = {**planned_settings(spec, p), "preset_label": p.label, "device": spec.device,
+                   "data_root": spec.data_root, "method_config": p.config,
+                   "data": p.data_settings, "cell": identity, "metric_settings": metric_settings(p.metrics)}
     # Before any work: an output folder we cannot write to must not cost a training run.
     atomic.ensure_writable_folder(spec.runs_dir, "--runs-dir")
     if spec.leaderboard_dir is not None:
@@ -229,13 +237,12 @@ def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float
     with record.phase("publish"):
         row = {"method": spec.method, "dataset": spec.dataset, "preset": p.label, "seed": spec.seed,
                "metrics": metrics, "directions": {c: d for m in p.metrics for c, d in m.columns.items()},
-               **row_facts, "run": str(record.path),
-               "finished_at": utc_now(), "dcbench": record.provenance["environment"]["dcbench"],
-               "git_commit": record.provenance["environment"]["dcbench_git_commit"],
+               "metric_settings": metric_settings(p.metrics), **row_facts, "run": str(record.path),
+               "finished_at": utc_now(), "dcbench": record.environment["dcbench"],
+               "git_commit": record.environment["dcbench_git_commit"],
                "generative": p.method_cls.generative,
-               # What `dcbench reproduce` needs to rerun this row exactly.
-               "spec": {"preset": spec.preset, "epochs": spec.epochs, "overrides": spec.overrides,
-                        "metrics": [m.name for m in p.metrics]}}
+               # What `dcbench reproduce` needs to rerun this row exactly (method, dataset, seed: above).
+               "spec": {key: value for key, value in planned_settings(spec, p).items() if key in ROW_SPEC_KEYS}}
         leaderboard.publish_figures(spec.leaderboard_dir, row, record.path)
     # Outside the phase: its bookkeeping would write the record again after it is finished.
     return leaderboard.append_row(spec.leaderboard_dir, spec.dataset, row, p.dataset_cls.reported,
@@ -243,12 +250,10 @@ def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float
 
 
 def compute_metrics(metrics: list[Metric], inputs: MetricInput) -> dict[str, float]:
-    """Every metric's columns as floats, in order. The one way to score: a run's metrics phase
-    and `dcbench score` (dcbench.rescore) both call it, so re-scoring reproduces a run exactly."""
-    scores: dict[str, float] = {}
-    for metric in metrics:
-        scores.update({k: float(v) for k, v in metric.compute(inputs).items()})
-    return scores
+    """Every metric's columns as floats, in order (NaN for a metric whose requirements the inputs
+    do not meet). The one way to score is metric_contract.score_metrics: a run's metrics phase and
+    `dcbench score` (dcbench.rescore) both go through it, so re-scoring reproduces a run exactly."""
+    return score_metrics(metrics, inputs).scores
 
 
 def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any]]:
@@ -257,19 +262,18 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
     with record.phase("build"):
         method = p.method_cls(p.config, data.shape, spec.device, spec.seed)
         method.check_initialised()  # one line if a plugin's __init__ skipped Method.__init__
-        method.training_state = record.path / TRAINING_STATE
-        method.training_state_interval_s = spec.checkpoint_every_s
-        method.data_facts = data_facts(data)
-    record.provenance["environment"] = environment()
-    record.provenance["device"] = method.device
-    record.provenance["data"] = {"train_size": len(data.train), "test_size": len(data.test),
-                                 **data.provenance}
+    record.note_setup(environment(), method.device,
+                      {"train_size": len(data.train), "test_size": len(data.test), **data.provenance})
     progress = EpochProgress(int(p.config["epochs"]), f"{spec.method} on {spec.dataset}", record)
-    method.step_progress = progress  # steps move the bar and give the run's estimated duration
+    # the progress bar is both the epoch callback and where steps move the bar and give the run's estimate
+    context = RunContext(on_epoch=progress, data_facts=MappingProxyType(data_facts(data)),
+                         training_state=record.path / TRAINING_STATE,
+                         training_state_interval_s=spec.checkpoint_every_s,
+                         work_dir=record.path / spec.method, step_progress=progress)
     fit_split = transductive_split(data) if p.method_cls.transductive else data.train
     try:
         with record.phase("train"):
-            method.fit(fit_split, progress)
+            method.fit(fit_split, context)
     finally:
         progress.close()
     with record.phase("checkpoint"):
@@ -282,18 +286,24 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         save_codes(record.path / "codes.npz", train_codes, test_codes, data)
     with record.phase("metrics"):
         inputs = MetricInput(train_codes, test_codes, data, method, spec.seed, record.path / "figures")
-        metrics = compute_metrics(p.metrics, inputs)
+        scoring = score_metrics(p.metrics, inputs)
+        metrics = scoring.scores
+        record.note_not_applicable(scoring.not_applicable)
         atomic.write_json(record.path / "metrics.json", metrics)
     with record.phase("figures"):
         from dcbench.run_figures import write_run_figures
 
-        write_run_figures(method, data, test_codes, record.path / "figures", f"{spec.method} on {spec.dataset}",
-                          spec.seed)
-        classification_report.write_for_run(record.path, method, data, test_codes, spec.seed)  # 3D runs only
+        figures = dict(scoring.figures)  # what each drawer returns, listed in figures.json for the board
+        figures.update(write_run_figures(method, data, test_codes, record.path / "figures",
+                                         f"{spec.method} on {spec.dataset}", spec.seed))
+        figures.update(classification_report.write_for_run(record.path, method, data, test_codes,
+                                                           spec.seed))  # 3D runs only
         from dcbench import exports  # STAR classes and MRC class averages; 3D runs only
-        exports.write_for_run(record.path, data, train_codes, test_codes, p.metrics, spec.seed)
+        computed = [m for m in p.metrics if m.name not in scoring.not_applicable]
+        figures.update(exports.write_for_run(record.path, data, train_codes, test_codes, computed, spec.seed))
+        write_figures(record.path, figures)
     budget = {"epochs": p.config["epochs"], "train_size": len(fit_split),  # train + test for transductive methods
               "batch_size": p.config.get("batch_size"), "lr": p.config.get("lr")}
     # What the networks saw, for methods with settings for it (volumes: dcbench.volume_input).
     budget.update({key: p.config[key] for key in ("networks", "lowpass_sigma", "bin") if key in p.config})
-    return metrics, {"budget": budget, "train_seconds": record.provenance["phases_s"]["train"]}
+    return metrics, {"budget": budget, "train_seconds": record.phase_seconds("train")}

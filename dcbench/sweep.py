@@ -49,6 +49,7 @@ class Cell:
     run_dir: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    identity: dict[str, Any] | None = None  # the planned cell's identity (dcbench.cells); None if refused
 
     @property
     def label(self) -> str:
@@ -98,8 +99,10 @@ def plan_cells(methods: list[str], datasets: list[str], seeds: list[int], templa
                 except DcbenchError as exc:
                     out.append(Cell(len(out), spec, "refuse", str(exc)))
                     continue
-                found = cells.find_records(spec.runs_dir, cell_of(spec, planned))
-                out.append(_decide(len(out), spec, found, overwrite))
+                identity = cell_of(spec, planned)  # planned once: a retry finds its records by this
+                cell = _decide(len(out), spec, cells.find_records(spec.runs_dir, identity), overwrite)
+                cell.identity = identity
+                out.append(cell)
     return out
 
 
@@ -202,14 +205,9 @@ def _absorb(cell: Cell, outcome: CellOutcome) -> None:
 
 def _unfinished_run(cell: Cell) -> Path | None:
     """The cell's newest record if it is unfinished (the failed attempt's), to continue it."""
-    from dcbench.registry import get_registry
-    from dcbench.runner import cell_of, plan
-
-    try:
-        found = cells.find_records(cell.spec.runs_dir, cell_of(cell.spec, plan(cell.spec, get_registry())))
-    except DcbenchError:
+    if cell.identity is None:
         return None
-    latest = found.latest
+    latest = cells.find_records(cell.spec.runs_dir, cell.identity).latest
     return latest.path if latest is not None and latest.state in ("failed", "interrupted") else None
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dcbench import atomic
-from dcbench.api import Codes, EpochCallback, Method
+from dcbench.api import Codes, Method, RunContext, StepProgress
 from dcbench.errors import DcbenchError
 from dcbench.volume_input import VolumeInput
 
@@ -182,15 +182,15 @@ class TorchMethod(Method, abc.ABC):
 
     def optimise_epoch(self, data: torch.Tensor, optimizer: torch.optim.Optimizer,
                        step_losses: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                       max_steps: int | None = None) -> dict[str, float]:
+                       max_steps: int | None = None, progress: StepProgress | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches of config['batch_size'] (only the first
         max_steps if given): step_losses(batch) gives the loss terms, 'total' is minimised with
         one optimiser step per batch. Returns the epoch's mean of each term. Each step is
-        reported to `self.step_progress` when the runner set one."""
+        reported to `progress` if given (the run context's step_progress)."""
         if self.device == "cpu" and self.config.get("retain_freed_memory", True):
             retain_freed_memory()
         self.model.train()
-        meter, progress = LossMeter(), self.step_progress
+        meter = LossMeter()
         batch_size = int(self.config["batch_size"])
         steps = math.ceil(len(data) / batch_size)
         if max_steps is not None:
@@ -207,41 +207,43 @@ class TorchMethod(Method, abc.ABC):
                 progress.step_done(step, steps)
         return meter.means()
 
-    def run_epochs(self, train_one_epoch: Callable[[int], dict[str, float]], on_epoch: EpochCallback,
+    def run_epochs(self, train_one_epoch: Callable[[int], dict[str, float]], context: RunContext,
                    optimizer: torch.optim.Optimizer, scheduler: Any | None = None) -> None:
         """The epoch loop of fit(): train_one_epoch(epoch) -> loss means, then the scheduler's
-        step, then on_epoch. After an epoch the whole training state (weights, optimiser,
+        step, then context.on_epoch. After an epoch the whole training state (weights, optimiser,
         scheduler, every random generator, epochs done) is written atomically to
-        `self.training_state` (at most every `training_state_interval_s`, and after the last
+        `context.training_state` (at most every `training_state_interval_s`, and after the last
         epoch); when that file exists at the start, training continues after its last epoch and
         ends where an uninterrupted run would have."""
-        start = self.restore_training_state(optimizer, scheduler)
+        path = context.training_state
+        start = self.restore_training_state(path, optimizer, scheduler)
         epochs = int(self.config["epochs"])
         last_stored = time.monotonic()
         for epoch in range(start, epochs):
-            if self.step_progress is not None:
-                self.step_progress.epoch_started(epoch)  # after a resume: the estimate counts epochs left
+            if context.step_progress is not None:
+                context.step_progress.epoch_started(epoch)  # after a resume: the estimate counts epochs left
             means = train_one_epoch(epoch)
             if scheduler is not None:
                 scheduler.step()
-            on_epoch(epoch, means)  # raises on a non-finite loss: no checkpoint of a diverged model
-            if epoch + 1 == epochs or time.monotonic() - last_stored >= self.training_state_interval_s:
-                self.store_training_state(epoch + 1, optimizer, scheduler)
+            context.on_epoch(epoch, means)  # raises on a non-finite loss: no checkpoint of a diverged model
+            if epoch + 1 == epochs or time.monotonic() - last_stored >= context.training_state_interval_s:
+                self.store_training_state(path, epoch + 1, optimizer, scheduler)
                 last_stored = time.monotonic()
 
-    def store_training_state(self, epochs_done: int, optimizer: torch.optim.Optimizer,
+    def store_training_state(self, path: Path | None, epochs_done: int, optimizer: torch.optim.Optimizer,
                              scheduler: Any | None) -> None:
-        if self.training_state is None:
+        """Write the whole training state to `path` atomically (nothing if path is None)."""
+        if path is None:
             return
         state = {"format": TRAINING_STATE_FORMAT, "epochs_done": epochs_done,
                  "model": self.model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": None if scheduler is None else scheduler.state_dict(),
                  "rng": capture_rng_state(self.generator)}
-        atomic.write_with(self.training_state, lambda handle: torch.save(state, handle))
+        atomic.write_with(path, lambda handle: torch.save(state, handle))
 
-    def restore_training_state(self, optimizer: torch.optim.Optimizer, scheduler: Any | None) -> int:
-        """Load `self.training_state` if it exists; return the number of epochs it has done."""
-        path = self.training_state
+    def restore_training_state(self, path: Path | None, optimizer: torch.optim.Optimizer,
+                               scheduler: Any | None) -> int:
+        """Load the training state at `path` if it exists; return the number of epochs it has done."""
         if path is None or not Path(path).exists():
             return 0
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -33,9 +34,8 @@ def isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pytest.Monkey
         patch.setenv("DCBENCH_PLUGINS", "")
         patch.setenv("DCBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
         patch.setattr(dcbench.registry, "_default", None)
-        patch.setattr(FSC, "max_particles", 6)
-        patch.setattr(FSC, "iterations", 1)
-        patch.setattr(FSC, "step_degrees", 60.0)
+        patch.setattr(FSC, "settings", MappingProxyType({**FSC.settings, "max_particles": 6, "iterations": 1,
+                                                         "step_degrees": 60.0}))
         yield patch
 
 

@@ -214,7 +214,7 @@ def test_a_run_without_conformation_labels_writes_no_report(tmp_path: Path) -> N
 
     split = Split(np.zeros((4, 1, 4, 4), np.float32), np.array([0, 0, 1, 1]))
     codes = Codes(np.zeros((4, 1)), np.zeros((4, 1)))
-    assert write_for_run(tmp_path, Oracle({}, (1, 4, 4), "cpu", 0), DataBundle(split, split), codes, 0) == []
+    assert write_for_run(tmp_path, Oracle({}, (1, 4, 4), "cpu", 0), DataBundle(split, split), codes, 0) == {}
     assert list(tmp_path.iterdir()) == []
 
 

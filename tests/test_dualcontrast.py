@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench_plugins.common import geometry
 from dcbench_plugins.dualcontrast import losses, networks, transforms
@@ -151,7 +151,7 @@ def test_fit_encode_decode_save_load_round_trip(tmp_path) -> None:
     train = Split(rng.random((37, 1, 28, 28), dtype=np.float32), rng.integers(0, 3, 37))
     method = make(epochs=2, batch_size=16)
     epochs = []
-    method.fit(train, lambda epoch, terms: epochs.append((epoch, terms)))
+    method.fit(train, RunContext(on_epoch=lambda epoch, terms: epochs.append((epoch, terms))))
     assert [e for e, _ in epochs] == [0, 1]
     assert all(math.isfinite(v) for _, terms in epochs for v in terms.values())
     codes = method.encode(train.x[:5])

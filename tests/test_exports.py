@@ -101,8 +101,9 @@ def test_particle_names_and_a_methods_own_classes_go_into_the_star_files(tmp_pat
     empty = np.zeros((0, 0))
     train_codes = Codes(np.zeros((8, 0)), np.zeros((8, 0)), assignments=np.arange(8) % 3)
     test_codes = Codes(empty.reshape(4, 0), empty.reshape(4, 0), assignments=np.array([2, 0, 0, 2]))
-    written = exports.write_for_run(tmp_path, data, train_codes, test_codes, [], seed=3)
-    assert written == [tmp_path / exports.TEST_STAR, tmp_path / exports.TRAIN_STAR]  # no fsc: no averages
+    linked = exports.write_for_run(tmp_path, data, train_codes, test_codes, [], seed=3)
+    assert linked == {"classes STAR": tmp_path / exports.TEST_STAR}  # no fsc: no averages
+    assert (tmp_path / exports.TRAIN_STAR).is_file()  # written, not linked from the board
 
     rows = test_split.x[:, 0, 0, 0, 0].astype(int)
     particles = starfile.read(tmp_path / exports.TEST_STAR, always_dict=True)["particles"]

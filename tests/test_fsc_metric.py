@@ -75,8 +75,7 @@ def test_reference_free_average_of_rotated_noisy_copies_recovers_the_map() -> No
 
 
 class QuickFSC(FSC):
-    max_particles = 16
-    iterations = 2
+    settings = {**FSC.settings, "max_particles": 16, "iterations": 2}
 
 
 def bundle(ctf: dict[str, float] | None = None, references: bool = True) -> DataBundle:
@@ -116,12 +115,17 @@ def test_codes_collapsed_to_one_point_leave_an_empty_cluster_that_scores_zero() 
 
 
 def test_fsc_is_not_applicable_without_references_or_volumes() -> None:
+    from dcbench.metric_contract import score_metrics
+
     data = bundle(references=False)
-    scores = QuickFSC().compute(metric_input(data, label_codes(data.test.content)))
+    scoring = score_metrics([QuickFSC()], metric_input(data, label_codes(data.test.content)))
+    scores = scoring.scores
     assert set(scores) == set(FSC.columns) and all(math.isnan(v) for v in scores.values())
+    assert "reference maps" in scoring.not_applicable["fsc"]
     images = Split(np.zeros((4, 1, 8, 8), np.float32), np.array([0, 0, 1, 1]))
     flat = DataBundle(images, images, references=ReferenceMaps(np.zeros((2, 8, 8, 8), np.float32), np.array([0, 1])))
-    assert all(math.isnan(v) for v in QuickFSC().compute(metric_input(flat, label_codes(images.content))).values())
+    scoring = score_metrics([QuickFSC()], metric_input(flat, label_codes(images.content)))
+    assert all(math.isnan(v) for v in scoring.scores.values()) and "volumes" in scoring.not_applicable["fsc"]
 
 
 def test_phase_flipping_undoes_the_ctf_and_finds_the_right_map() -> None:

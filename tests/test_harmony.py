@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench_plugins.common import geometry
 from dcbench_plugins.harmony import poses
@@ -44,7 +44,7 @@ def blob(shape: tuple[int, ...], n: int = 3) -> torch.Tensor:
 
 def fit(method: Harmony, split: Split) -> list[dict[str, float]]:
     logs: list[dict[str, float]] = []
-    method.fit(split, lambda epoch, terms: logs.append(terms))
+    method.fit(split, RunContext(on_epoch=lambda epoch, terms: logs.append(terms)))
     return logs
 
 

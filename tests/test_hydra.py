@@ -175,6 +175,7 @@ def test_settings_hydra_cannot_run_with_are_refused() -> None:
 
 class RefusesNewInputs:
     generative = False
+    conformation_code = "content"  # as Method declares it (ari reads it)
 
     def encode(self, x: np.ndarray) -> Codes:
         raise AssertionError("a metric encoded inputs a transductive method never saw")
@@ -183,6 +184,7 @@ class RefusesNewInputs:
 def test_metrics_report_not_applicable_for_zero_width_codes_and_score_assignments() -> None:
     from sklearn.metrics import adjusted_rand_score
 
+    from dcbench.metric_contract import score_metrics
     from dcbench_plugins.metrics.ari import ARI
     from dcbench_plugins.metrics.dscore import DScore
     from dcbench_plugins.metrics.fsc import FSC
@@ -204,12 +206,12 @@ def test_metrics_report_not_applicable_for_zero_width_codes_and_score_assignment
     ari = ARI().compute(inputs)
     assert ari["ARI(composition)"] == pytest.approx(adjusted_rand_score(composition, assigned))
     assert 0.2 < ari["ARI(composition)"] < 1 and math.isnan(ari["ARI(conformation)"])
-    for metric in (DScore(), SAP(), SZ(), Recon()):
-        scores = metric.compute(inputs)
+    for metric in (DScore(), SAP(), SZ(), Recon()):  # through the contract, as a run scores them
+        scores = score_metrics([metric], inputs).scores
         assert scores and all(math.isnan(v) for v in scores.values()), (metric.name, scores)
     no_assignments = MetricInput(Codes(empty, empty), Codes(empty, empty), data, RefusesNewInputs(), seed=0)
-    assert all(math.isnan(v) for v in ARI().compute(no_assignments).values())
-    assert all(math.isnan(v) for v in FSC().compute(no_assignments).values())
+    scoring = score_metrics([ARI(), FSC()], no_assignments)
+    assert all(math.isnan(v) for v in scoring.scores.values()) and set(scoring.not_applicable) == {"ari", "fsc"}
     with pytest.raises(ValueError, match="lengths"):
         Codes(empty, empty, assigned[:5])
     # fsc averages each assigned class; one class for three compositions leaves two empty clusters, scored 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dcbench
-from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, Split
+from dcbench.api import Codes, DataBundle, Dataset, Method, Metric, RunContext, Split
 from dcbench.config import RunSpec
 from dcbench.errors import PluginError
 from dcbench.registry import build_registry
@@ -99,7 +99,7 @@ def test_base_classes_share_no_mutable_defaults(base: type) -> None:
     assert not mutable, f"{base.__name__} has mutable class-level defaults: {mutable}"
 
 
-@pytest.mark.parametrize("owner, attribute", [(Method, "data_facts"), (Dataset, "reported"),
+@pytest.mark.parametrize("owner, attribute", [(RunContext(), "data_facts"), (Dataset, "reported"),
                                               (Dataset, "option_defaults"), (Dataset, "option_types")])
 def test_inherited_tables_are_read_only_and_empty(owner: type, attribute: str) -> None:
     table = getattr(owner, attribute)
@@ -113,3 +113,44 @@ def test_datasets_without_options_still_take_none_and_refuse_unknown_ones() -> N
     assert data.options == {} and isinstance(data.options, dict)  # each instance its own dict
     with pytest.raises(ValueError, match="no option"):
         TinyData(size=3)
+
+
+class SeesContext(Plain):
+    """Keeps what fit() was given, to check the runner passes the run's context in, not pushed onto it."""
+
+    name = "contract-context"
+    seen: list[RunContext] = []  # noqa: RUF012 (the test's own record of calls)
+
+    def fit(self, train: Split, context: RunContext) -> None:
+        SeesContext.seen.append(context)
+        context.on_epoch(0, {"loss": 0.0})
+
+
+class ContextPlugin(Plugin):
+    @dcbench.hookimpl
+    def register_methods(self, register: Any) -> None:
+        register(SeesContext.name, SeesContext)
+
+
+def test_the_runner_passes_the_run_context_to_fit(tmp_path: Path) -> None:
+    spec = RunSpec(method=SeesContext.name, dataset=TinyData.name, epochs=1, runs_dir=tmp_path / "runs",
+                   leaderboard_dir=None, device="cpu", metrics=["dscore"], checkpoint_every_s=7.0)
+    execute(spec, build_registry(extra_plugins=[ContextPlugin()]))
+    (context,) = SeesContext.seen
+    (run_dir,) = (tmp_path / "runs").glob("*/*/*/")
+    assert context.training_state is not None and context.training_state.parent == run_dir
+    assert context.training_state_interval_s == 7.0 and context.work_dir == run_dir / SeesContext.name
+    assert dict(context.data_facts) == {"ctf": None, "voxel": None, "n_classes": 2}
+    assert context.step_progress is not None
+    with pytest.raises(TypeError):  # facts are read-only: a method cannot change what the next one sees
+        context.data_facts["n_classes"] = 3  # type: ignore[index]
+    for attribute in ("training_state", "data_facts", "step_progress"):  # nothing pushed onto the method
+        assert not hasattr(Method, attribute)
+
+
+def test_a_run_context_is_callable_as_the_old_epoch_callback() -> None:
+    seen: list[tuple[int, dict[str, float]]] = []
+    context = RunContext(on_epoch=lambda epoch, terms: seen.append((epoch, terms)))
+    Plain({"epochs": 1}, (1, 8, 8), "cpu", 0).fit(Split(np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int)), context)
+    assert seen == [(0, {"loss": 0.0})]
+    RunContext()(0, {"loss": 1.0})  # the default callback ignores epochs

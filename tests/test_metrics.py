@@ -107,9 +107,12 @@ def test_recon_is_zero_for_a_perfect_decoder_the_mse_otherwise_and_nan_without_d
 
     assert recon_of(StubMethod(None, decoded=data.test.x)) == pytest.approx(0.0)
     assert recon_of(StubMethod(None, decoded=data.test.x + 0.5)) == pytest.approx(0.25)
+    from dcbench.metric_contract import score_metrics
+
     discriminative = StubMethod(None)
-    discriminative.generative = False
-    assert np.isnan(recon_of(discriminative))
+    discriminative.generative = False  # declared `requires`: not applicable, decode never called
+    scoring = score_metrics([Recon()], MetricInput(test_codes, test_codes, data, discriminative, 0))
+    assert np.isnan(scoring.scores["recon MSE"]) and "generative" in scoring.not_applicable["recon"]
 
 
 def test_embedding_figure_writes_a_png_coloured_by_class(tmp_path) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.config import RunSpec
 from dcbench.progress import EpochProgress, RunEstimator, clock_time, span
+from dcbench.records import RunRecord
 from dcbench.registry import build_registry
 from dcbench.runner import execute
 
@@ -93,20 +94,21 @@ def test_short_epochs_are_estimated_at_the_epoch_end_and_silent_methods_per_epoc
     assert estimate.line().startswith("estimated: 3 epochs x 1.2 min = ~3.5 min")
 
 
-class FakeRecord:
+class FakeRecord(RunRecord):
+    """A record that keeps its provenance in memory and counts its writes."""
+
     def __init__(self) -> None:
-        self.provenance: dict = {}
+        super().__init__(Path("unused"), {"phases_s": {}})
         self.saves = 0
 
     def save(self) -> None:
         self.saves += 1
 
 
-def tiny_vae2(epochs: int, state: Path | None = None):
+def tiny_vae2(epochs: int):
     cls = build_registry(entry_points=False).load("method", "vae2")
     config = {**cls.default_config("quick", (1, 28, 28)), "epochs": epochs, "batch_size": 8}
     method = cls(config, (1, 28, 28), "cpu", seed=0)
-    method.training_state = state
     rng = np.random.default_rng(0)
     return method, Split(rng.random((20, 1, 28, 28), dtype=np.float32), rng.integers(0, 3, 20))
 
@@ -115,9 +117,8 @@ def test_a_training_loop_reports_steps_and_the_progress_prints_and_records_once(
         capsys: pytest.CaptureFixture[str]) -> None:
     method, split = tiny_vae2(2)
     record = FakeRecord()
-    progress = EpochProgress(2, "vae2 on tiny", record)  # type: ignore[arg-type]
-    method.step_progress = progress
-    method.fit(split, progress)
+    progress = EpochProgress(2, "vae2 on tiny", record)
+    method.fit(split, RunContext(on_epoch=progress, step_progress=progress))
     err = capsys.readouterr().err
     assert err.count("estimated:") == 1 and "vae2 on tiny: estimated: 2 epochs x 3 steps x " in err
     assert record.provenance["estimate"]["steps_per_epoch"] == 3
@@ -132,13 +133,12 @@ def test_a_resumed_fit_estimates_only_the_epochs_left(tmp_path: Path, capsys: py
         if epoch == 1:
             raise KeyboardInterrupt  # as Ctrl-C would: epoch 1 was checkpointed, epoch 2 was not
 
-    method, split = tiny_vae2(2, state)
+    method, split = tiny_vae2(2)
     with pytest.raises(KeyboardInterrupt):
-        method.fit(split, stop_in_second)
-    method, split = tiny_vae2(2, state)  # a new process builds the method afresh
+        method.fit(split, RunContext(on_epoch=stop_in_second, training_state=state))
+    method, split = tiny_vae2(2)  # a new process builds the method afresh
     progress = EpochProgress(2, "vae2 on tiny")
-    method.step_progress = progress
-    method.fit(split, progress)
+    method.fit(split, RunContext(on_epoch=progress, training_state=state, step_progress=progress))
     assert progress.estimator.first_epoch == 1
     assert "vae2 on tiny: estimated: 1 more epoch (of 2) x 3 steps x " in capsys.readouterr().err
 
@@ -148,7 +148,7 @@ def test_a_run_prints_and_records_its_estimate(tmp_path: Path, capsys: pytest.Ca
     import dcbench.run_figures
 
     # The figures' t-SNE would take most of this test's time and has nothing to do with it.
-    monkeypatch.setattr(dcbench.run_figures, "write_run_figures", lambda *args, **kwargs: None)
+    monkeypatch.setattr(dcbench.run_figures, "write_run_figures", lambda *args, **kwargs: {})  # drew none
     spec = RunSpec(method="vae2", dataset="digits", metrics=["dscore"], epochs=2, device="cpu",
                    overrides={"data.train_size": "120", "data.test_size": "60", "batch_size": "40"},
                    runs_dir=tmp_path / "runs", leaderboard_dir=None)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench.volume_input import VolumeInput, gaussian_lowpass
 from dcbench_plugins.harmony.method import Harmony
@@ -46,9 +46,8 @@ def test_quick_volume_fit_encode_decode_on_32_cubed(cls) -> None:
         def step_done(self, step: int, steps_per_epoch: int) -> None:
             steps.append((step, steps_per_epoch))
 
-    method.step_progress = Progress()
     epochs: list[dict[str, float]] = []
-    method.fit(train, lambda epoch, terms: epochs.append(terms))
+    method.fit(train, RunContext(on_epoch=lambda epoch, terms: epochs.append(terms), step_progress=Progress()))
     assert len(epochs) == 1 and all(math.isfinite(v) for v in epochs[0].values())
     assert steps == [(0, 2), (1, 2)]  # every optimizer step is reported
     codes = method.encode(train.x[:3])

@@ -117,3 +117,52 @@ def test_plugin_that_fails_to_import_is_reported_and_skipped(tmp_path: Path) -> 
     assert result.returncode == 0
     assert "plugin 'broken' (1.0) failed to import" in result.stderr and "frobnicate" in result.stderr
     assert "dualcontrast" in result.stdout
+
+
+class _WrongKinds:
+    """Registers a metric class as a method, a function as a dataset, and a method under a name
+    its class does not carry."""
+
+    __name__ = "wrong-kinds"
+
+    @dcbench.hookimpl
+    def register_methods(self, register):
+        register("metric-as-method", "dcbench_plugins.metrics.ari:ARI")
+        register("renamed", "dcbench_plugins.dualcontrast.method:DualContrast")
+
+    @dcbench.hookimpl
+    def register_datasets(self, register):
+        register("a-function", "dcbench.registry:build_registry")
+
+
+@pytest.mark.parametrize("kind, name, expected", [
+    ("method", "metric-as-method", "not a subclass of dcbench.api.Method"),
+    ("dataset", "a-function", "not a subclass of dcbench.api.Dataset"),
+    ("method", "renamed", "registered as 'renamed' but its class says name = 'dualcontrast'; make the two the same"),
+])
+def test_a_loaded_entry_of_the_wrong_type_or_name_is_one_line_naming_the_plugin(kind: str, name: str,
+                                                                                 expected: str) -> None:
+    registry = build_registry(extra_plugins=[_WrongKinds()])
+    with pytest.raises(PluginError) as caught:
+        registry.load(kind, name)
+    message = str(caught.value)
+    assert expected in message and "'wrong-kinds'" in message and "\n" not in message
+
+
+def test_a_class_without_a_name_takes_its_registered_one() -> None:
+    from dcbench.api import Metric
+
+    class Nameless(Metric):
+        columns = {"x": "max"}  # noqa: RUF012
+
+        def compute(self, inputs):
+            return {"x": 0.0}
+
+    class Plugin:
+        __name__ = "nameless-plugin"
+
+        @dcbench.hookimpl
+        def register_metrics(self, register):
+            register("nameless", Nameless)
+
+    assert build_registry(extra_plugins=[Plugin()]).load("metric", "nameless").name == "nameless"

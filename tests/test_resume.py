@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dcbench import cells
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench.registry import build_registry
 
@@ -29,15 +29,13 @@ def tiny_split() -> Split:
     return Split(rng.random((24, *SHAPE), dtype=np.float32), rng.integers(0, 3, 24))
 
 
-def make(name: str, state: Path | None):
+def make(name: str):
     cls = build_registry(entry_points=False).load("method", name)
     config = cls.default_config("quick", SHAPE)
     config.update(epochs=3, batch_size=8)
     if "lr_step_epochs" in config:
         config["lr_step_epochs"] = 1  # so the scheduler's state matters
-    method = cls(config, SHAPE, "cpu", seed=3)
-    method.training_state = state
-    return method
+    return cls(config, SHAPE, "cpu", seed=3)
 
 
 class StopAfter:
@@ -55,16 +53,16 @@ class StopAfter:
 @pytest.mark.parametrize("name", METHODS)
 def test_a_fit_interrupted_after_an_epoch_continues_to_the_same_weights(tmp_path: Path, name: str) -> None:
     split = tiny_split()
-    whole = make(name, None)
-    whole.fit(split, StopAfter())
+    whole = make(name)
+    whole.fit(split, RunContext(on_epoch=StopAfter()))
     state = tmp_path / "train_state.pt"
-    first = make(name, state)
+    first = make(name)
     with pytest.raises(KeyboardInterrupt):  # during epoch 2's callback: epoch 1 was checkpointed, 2 was not
-        first.fit(split, StopAfter(2))
+        first.fit(split, RunContext(on_epoch=StopAfter(2), training_state=state))
     assert torch.load(state, weights_only=True)["epochs_done"] == 1
-    second = make(name, state)  # a new process would build the method afresh
+    second = make(name)  # a new process would build the method afresh
     progress = StopAfter()
-    second.fit(split, progress)
+    second.fit(split, RunContext(on_epoch=progress, training_state=state))
     assert progress.seen == [1, 2]  # epoch 2 again, as it was not checkpointed, then epoch 3
     expected, got = whole.model.state_dict(), second.model.state_dict()
     assert all(torch.equal(expected[key], got[key]) for key in expected), "resumed weights differ"
@@ -74,7 +72,7 @@ def test_a_corrupt_training_state_is_one_clear_error(tmp_path: Path) -> None:
     state = tmp_path / "train_state.pt"
     state.write_bytes(b"not a checkpoint")
     with pytest.raises(DcbenchError, match="cannot continue from the training state") as caught:
-        make("vae2", state).fit(tiny_split(), StopAfter())
+        make("vae2").fit(tiny_split(), RunContext(on_epoch=StopAfter(), training_state=state))
     assert "delete it to train this run from the start" in str(caught.value)
     assert "\n" not in str(caught.value)
 

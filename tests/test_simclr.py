@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench_plugins.dualcontrast.method import TwoLatentVAE
 from dcbench_plugins.simclr.method import SimCLRDiscriminative, SimCLRGenerative, nt_xent
 
@@ -56,7 +56,7 @@ def test_simclr_disc_trains_an_encoder_only_and_cannot_decode() -> None:
     train = Split(rng.random((20, 1, 28, 28)).astype(np.float32), rng.integers(0, 3, 20))
     before = [p.detach().clone() for p in method.model.parameters()]
     history = []
-    method.fit(train, lambda epoch, terms: history.append(terms))
+    method.fit(train, RunContext(on_epoch=lambda epoch, terms: history.append(terms)))
     assert len(history) == 1 and set(history[0]) == {"nt_xent", "total"}
     assert any(not torch.equal(a, b) for a, b in zip(before, method.model.parameters()))
     codes = method.encode(train.x[:5])

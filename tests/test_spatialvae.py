@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench_plugins.spatialvae import networks
 from dcbench_plugins.spatialvae.method import SpatialVAE, gaussian_kl
@@ -29,7 +29,8 @@ def blobs(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 def train(method: SpatialVAE, x: np.ndarray, epochs: int = 1, batch_size: int = 8) -> list[dict[str, float]]:
     method.config.update(epochs=epochs, batch_size=batch_size)
     seen: list[dict[str, float]] = []
-    method.fit(Split(x=x, content=np.zeros(len(x), dtype=int)), lambda epoch, terms: seen.append(terms))
+    method.fit(Split(x=x, content=np.zeros(len(x), dtype=int)),
+               RunContext(on_epoch=lambda epoch, terms: seen.append(terms)))
     return seen
 
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.config import RunSpec
 from dcbench.errors import DcbenchError
 from dcbench.registry import get_registry
@@ -39,7 +39,7 @@ def blobs(n: int, spatial: tuple[int, ...], seed: int) -> np.ndarray:
 def fitted(x: np.ndarray) -> Spectrum:
     shape = tuple(x.shape[1:])
     method = Spectrum(Spectrum.default_config("quick", shape), shape, "cpu", seed=0)
-    method.fit(Split(x, np.zeros(len(x), np.int64)), lambda epoch, terms: None)
+    method.fit(Split(x, np.zeros(len(x), np.int64)), RunContext(on_epoch=lambda epoch, terms: None))
     return method
 
 
@@ -125,7 +125,7 @@ def test_defaults_follow_the_code_sizes_of_the_other_methods_and_overrides_apply
     assert p.config["n_shells"] == 10 and p.config["content_dim"] == 4 and p.config["transformation_dim"] == 50
     x = blobs(12, (16, 16, 16), seed=4)
     method = Spectrum({**p.config, "transformation_dim": 0}, (1, 16, 16, 16), "cpu", 0)
-    method.fit(Split(x, np.zeros(12, np.int64)), lambda epoch, terms: None)
+    method.fit(Split(x, np.zeros(12, np.int64)), RunContext(on_epoch=lambda epoch, terms: None))
     codes = method.encode(x)
     assert codes.content.shape == (12, 4) and codes.transformation.shape == (12, 0)
 

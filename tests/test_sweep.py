@@ -70,6 +70,22 @@ def test_overwrite_rules_decide_each_cell_from_its_records(tmp_path: Path) -> No
     assert [c.action for c in plan_for(runs, "never").values()] == ["skip", "skip", "skip", "run"]
 
 
+def test_each_cell_is_planned_once_and_a_retry_finds_its_failed_attempt_without_planning_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dcbench.runner
+
+    runs = tmp_path / "runs"
+    calls: list[str] = []
+    real_plan = dcbench.runner.plan
+    monkeypatch.setattr(dcbench.runner, "plan", lambda spec, registry: calls.append(spec.method) or
+                        real_plan(spec, registry))
+    cell = plan_for(runs, "only-missing")[3]
+    assert cell.action == "run" and cell.identity is not None and len(calls) == 4  # one plan per cell
+    failed = fake_record(runs, "vae2", 3, "failed", "2026-01-03T00:00:00Z")  # its first attempt failed
+    calls.clear()
+    assert sweep._unfinished_run(cell) == failed and calls == []
+
+
 def test_a_cell_running_in_a_live_process_is_left_alone(tmp_path: Path) -> None:
     from filelock import FileLock
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dcbench.api import Split
+from dcbench.api import RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench_plugins.vitae import cpab as cpab_lib
 from dcbench_plugins.vitae import warps
@@ -35,7 +35,7 @@ def random_split(shape: tuple[int, ...], n: int = 20, seed: int = 0) -> Split:
 
 def fit(method: VITAE, split: Split) -> list[dict[str, float]]:
     logs: list[dict[str, float]] = []
-    method.fit(split, lambda epoch, terms: logs.append(terms))
+    method.fit(split, RunContext(on_epoch=lambda epoch, terms: logs.append(terms)))
     return logs
 
 

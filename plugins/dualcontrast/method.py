@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcbench.api import EpochCallback, Split
+from dcbench.api import RunContext, Split, StepProgress
 from dcbench.errors import DcbenchError
 from dcbench.settings_checks import require_number
 from dcbench.torchkit import (
@@ -254,18 +254,19 @@ class DualContrast(TorchMethod):
         return make_adam(self.model.parameters(), lr=float(self.config["lr"]))
 
     def train_epoch(self, data: torch.Tensor, optimizer: torch.optim.Optimizer,
-                    max_steps: int | None = None) -> dict[str, float]:
+                    max_steps: int | None = None, progress: StepProgress | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches (only the first max_steps batches if
         given): exactly what fit runs each epoch. Returns the mean of each loss term."""
-        return self.optimise_epoch(data, optimizer, self.training_losses, max_steps)
+        return self.optimise_epoch(data, optimizer, self.training_losses, max_steps, progress)
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+    def fit(self, train: Split, context: RunContext) -> None:
         cfg = self.config
         data = self.training_tensor(train.x)
         optimizer = self.make_optimizer()
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
                                                     gamma=float(cfg["lr_gamma"]))
-        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer), on_epoch, optimizer, scheduler)
+        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer, progress=context.step_progress), context,
+                        optimizer, scheduler)
 
     # ----------------------------------------------------------------------------- readout
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

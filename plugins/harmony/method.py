@@ -68,7 +68,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcbench.api import EpochCallback, Split
+from dcbench.api import RunContext, Split, StepProgress
 from dcbench.errors import DcbenchError
 from dcbench.settings_checks import require_number
 from dcbench.torchkit import (
@@ -243,17 +243,18 @@ class Harmony(TorchMethod):
         return terms
 
     def train_epoch(self, data: torch.Tensor, optimizer: torch.optim.Optimizer,
-                    max_steps: int | None = None) -> dict[str, float]:
+                    max_steps: int | None = None, progress: StepProgress | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches (the first max_steps only, if given)."""
-        return self.optimise_epoch(data, optimizer, self.training_losses, max_steps)
+        return self.optimise_epoch(data, optimizer, self.training_losses, max_steps, progress)
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+    def fit(self, train: Split, context: RunContext) -> None:
         cfg = self.config
         if self.gamma is None:
             self.gamma = float(default_gamma(len(train), int(cfg["batch_size"])))
         data = self.training_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
-        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer), on_epoch, optimizer)
+        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer, progress=context.step_progress), context,
+                        optimizer)
 
     # ----------------------------------------------------------------------------- readout
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

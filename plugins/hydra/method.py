@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcbench.api import Codes, EpochCallback, Method, Split
+from dcbench.api import Codes, Method, RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench_plugins.hydra import convert, program
 
@@ -113,21 +114,21 @@ class Hydra(Method):
 
     # ------------------------------------------------------------------ settings from the data
 
-    def _n_classes(self) -> int:
-        k = int(self.config["n_classes"]) or int(self.data_facts.get("n_classes") or 0)
+    def _n_classes(self, facts: Mapping[str, Any]) -> int:
+        k = int(self.config["n_classes"]) or int(facts.get("n_classes") or 0)
         if k < 2:
             raise DcbenchError("hydra: the data have fewer than 2 content classes; set n_classes (--set n_classes=K)")
         return k
 
-    def _ctf(self) -> dict[str, float] | None:
+    def _ctf(self, facts: Mapping[str, Any]) -> dict[str, float] | None:
         mode = self.config["ctf"]
         if mode == "manual":
             return {key: float(self.config[f"ctf_{key}"])
                     for key in ("defocus_um", "voltage_kv", "cs_mm", "amplitude_contrast")}
-        return self.data_facts.get("ctf") if mode == "auto" else None
+        return facts.get("ctf") if mode == "auto" else None
 
-    def _pixel_size(self, ctf: dict[str, float] | None) -> float:
-        size = float(self.config["pixel_size"]) or float(self.data_facts.get("voxel") or 0.0)
+    def _pixel_size(self, facts: Mapping[str, Any], ctf: dict[str, float] | None) -> float:
+        size = float(self.config["pixel_size"]) or float(facts.get("voxel") or 0.0)
         if size > 0:
             return size
         if ctf is not None:
@@ -135,9 +136,10 @@ class Hydra(Method):
                                "set pixel_size (--set pixel_size=ANGSTROM)")
         return 1.0
 
-    def _workdir(self) -> Path:
-        if self.training_state is not None:
-            return Path(self.training_state).parent / "hydra"
+    @staticmethod
+    def _workdir(context: RunContext) -> Path:
+        if context.work_dir is not None:  # <run>/hydra
+            return Path(context.work_dir)
         return Path(tempfile.mkdtemp(prefix="dcbench-hydra-"))
 
     def _environment(self) -> dict[str, str]:
@@ -148,13 +150,13 @@ class Hydra(Method):
 
     # ------------------------------------------------------------------ the Method interface
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
-        n_classes, ctf = self._n_classes(), self._ctf()
-        folder = self._workdir()
+    def fit(self, train: Split, context: RunContext) -> None:
+        n_classes, ctf = self._n_classes(context.data_facts), self._ctf(context.data_facts)
+        folder = self._workdir(context)
         if folder.exists():
             shutil.rmtree(folder)  # ours, from an earlier attempt of this run: Hydra starts afresh
         folder.mkdir(parents=True)
-        inputs = convert.write_inputs(train.x, folder, self._pixel_size(ctf), ctf)
+        inputs = convert.write_inputs(train.x, folder, self._pixel_size(context.data_facts, ctf), ctf)
         self.digests = convert.input_digests(train.x)
         # absolute: drgnai writes the experiment's outdir into configs.yaml as given (a relative runs dir would
         # tie it to this working directory); the log keeps the runs dir as given, for messages
@@ -189,7 +191,7 @@ class Hydra(Method):
 
         def report() -> None:
             for epoch, terms in watcher.poll():
-                on_epoch(epoch, terms)
+                context.on_epoch(epoch, terms)
 
         program.run_logged(train_argv, log, env, on_poll=report)
         written = {e: p for e, p in program.p_classes_files(out_dir).items() if e >= 0}

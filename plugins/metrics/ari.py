@@ -5,16 +5,16 @@
 - ARI(conformation): within each true composition, k-means on the codes that hold conformation
   with k = the number of conformations present in that composition, scored against the true
   conformations; the mean over compositions (each with at least two conformations). Which code
-  holds conformation is the method's claim: its `conformation_code` attribute ("content" or
-  "transformation"), by default the content code, since a conformation is part of what an
-  object is, not of its pose. NaN when the dataset has no conformation labels.
+  holds conformation is the method's claim: its `conformation_code` (Method.conformation_code,
+  "content" or "transformation"), by default the content code, since a conformation is part of
+  what an object is, not of its pose. NaN when the dataset has no conformation labels.
 
 k-means: scikit-learn's KMeans, 10 initialisations, seeded with the run's seed.
 
 Methods that assign classes themselves (Codes.assignments, e.g. Hydra) are scored on those
 classes instead of k-means clusters for ARI(composition); ARI(conformation) then needs
-conformation codes and is NaN for methods with zero-width codes, as is everything for a method
-with neither codes nor assignments.
+conformation codes and is NaN for methods with zero-width codes. Requires content codes or
+assignments (the runner reports the metric not applicable for a method with neither).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from dcbench.api import Metric, MetricInput
+from dcbench.api import Method, Metric, MetricInput
 from dcbench.clustering import kmeans
 
 
@@ -40,6 +40,7 @@ def cluster_ari(codes: np.ndarray, labels: np.ndarray, seed: int) -> float:
 class ARI(Metric):
     name = "ari"
     columns = {"ARI(composition)": "max", "ARI(conformation)": "max"}
+    requires = frozenset({"codes_or_assignments"})
 
     def compute(self, inputs: MetricInput) -> dict[str, float]:
         from sklearn.metrics import adjusted_rand_score
@@ -47,14 +48,13 @@ class ARI(Metric):
         test, codes, seed = inputs.data.test, inputs.test_codes, inputs.seed
         if codes.assignments is not None:  # the method's own classes, not k-means on its codes
             composition = float(adjusted_rand_score(test.content, codes.assignments))
-        elif codes.content.shape[1] == 0:
-            composition = math.nan
         else:
             composition = cluster_ari(codes.content, test.content, seed)
         scores = {"ARI(composition)": composition, "ARI(conformation)": math.nan}
         if test.conformation is None:
             return scores
-        which = getattr(inputs.method, "conformation_code", "content")
+        # the method's claim; no method (metrics computed by hand): the declared default
+        which = (inputs.method if inputs.method is not None else Method).conformation_code
         conformation_codes = codes.transformation if which == "transformation" else codes.content
         if conformation_codes.shape[1] == 0:  # no codes to cluster (an assignment-only method)
             return scores

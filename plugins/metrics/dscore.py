@@ -34,6 +34,7 @@ def linear_probe_accuracy(train_codes: np.ndarray, train_labels: np.ndarray, tes
 class DScore(Metric):
     name = "dscore"
     columns = {"D(c|c)": "max", "D(c|z)": "min"}
+    # no `requires`: each column needs its own code, and a zero-width one is NaN in its column only
 
     def compute(self, inputs: MetricInput) -> dict[str, float]:
         train, test, data = inputs.train_codes, inputs.test_codes, inputs.data

@@ -21,21 +21,24 @@ k classes the missing ones count as empty clusters (0), as collapsed k-means clu
 
 AUC-FSC(mean) and AUC-FSC(min) are over clusters. An empty cluster scores 0 (it reconstructs
 nothing; k-means leaves one empty only when codes collapse to fewer distinct points than
-compositions), so collapsed codes are penalised rather than skipped. Not applicable (NaN) without
-reference maps, for inputs that are not volumes, or for zero-width content codes without
-assignments. The mean of the average (its k = 0 term) is not measurable from z-scored or
-CTF-filtered particles, so the average takes the map's mean before the FSC: shell 0 always
-agrees. No missing-wedge compensation.
+compositions), so collapsed codes are penalised rather than skipped. Requires volumes, reference
+maps and content codes or assignments (the runner reports it not applicable otherwise); NaN for
+fewer test particles than compositions. The mean of the average (its k = 0 term) is not
+measurable from z-scored or CTF-filtered particles, so the average takes the map's mean before
+the FSC: shell 0 always agrees. No missing-wedge compensation.
+
+Figure: "cluster averages", figures/fsc_averages.png (each cluster's aligned average above the
+map it matched best), returned in the MetricResult.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from pathlib import Path
 
 import numpy as np
 
-from dcbench.api import Metric, MetricInput
+from dcbench.api import Metric, MetricInput, MetricResult
 from dcbench.clustering import kmeans
 from dcbench.figures import volume_montage
 from dcbench_plugins.metrics.fourier_shell import auc_fsc
@@ -45,37 +48,34 @@ from dcbench_plugins.subtomo import alignment, physics, rotations
 class FSC(Metric):
     name = "fsc"
     columns = {"AUC-FSC(mean)": "max", "AUC-FSC(min)": "max"}
+    requires = frozenset({"volumes", "references", "codes_or_assignments"})
     # Budget knobs. Time grows linearly with each; 3 clusters x 200 particles of 32^3 take about 20 s
     # on 2 CPU cores with the defaults.
-    max_particles: ClassVar[int] = 200
-    """Particles averaged per cluster: larger clusters are subsampled (seeded)."""
-    iterations: ClassVar[int] = 3
-    """Rounds of align-all-then-average after the bootstrapped first reference."""
-    step_degrees: ClassVar[float] = 30.0
-    """Angular step of the exhaustive rotation grid (552 rotations at 30 degrees)."""
-    max_shift_fraction: ClassVar[float] = 0.2
-    """Largest shift searched along each axis, as a fraction of the box (6.4 voxels for 32^3)."""
+    settings = {
+        "max_particles": 200,  # particles averaged per cluster: larger clusters are subsampled (seeded)
+        "iterations": 3,  # rounds of align-all-then-average after the bootstrapped first reference
+        "step_degrees": 30.0,  # angular step of the exhaustive rotation grid (552 rotations at 30 degrees)
+        "max_shift_fraction": 0.2,  # largest shift searched per axis, a fraction of the box (6.4 voxels for 32^3)
+    }
     cluster_averages: dict[int, np.ndarray]
     """After compute(): each non-empty cluster's average aligned to its best-matching map (D, H, W),
-    by cluster id (k-means cluster, or the method's class), as fsc_averages.png shows them; empty
-    when the metric was not applicable. dcbench.exports writes them as MRC."""
+    by cluster id (k-means cluster, or the method's class), as fsc_averages.png shows them; unset
+    until compute runs (never for a run the metric does not apply to). dcbench.exports writes them
+    as MRC."""
 
-    def compute(self, inputs: MetricInput) -> dict[str, float]:
+    def compute(self, inputs: MetricInput) -> MetricResult:
         data, seed = inputs.data, inputs.seed
         self.cluster_averages = {}
-        not_applicable = {column: math.nan for column in self.columns}
-        x = data.test.x
-        if data.references is None or x.ndim != 5:
-            return not_applicable
-        particles = np.asarray(x[:, 0], dtype=np.float32)
+        assert data.references is not None, "fsc requires reference maps (checked by dcbench.metric_contract)"
+        particles = np.asarray(data.test.x[:, 0], dtype=np.float32)
         maps = np.asarray(data.references.maps, dtype=np.float32)
         if maps.shape[1:] != particles.shape[1:]:
             raise ValueError(f"reference maps of shape {maps.shape[1:]} do not match particles of shape "
                              f"{particles.shape[1:]}")
         k = len(np.unique(data.test.content))
         codes = inputs.test_codes
-        if len(particles) < k or (codes.assignments is None and codes.content.shape[1] == 0):
-            return not_applicable
+        if len(particles) < k:
+            return MetricResult({column: math.nan for column in self.columns})
         if codes.assignments is not None:
             clusters = np.asarray(codes.assignments)
             cluster_ids = [int(c) for c in np.unique(clusters)]  # the method's classes
@@ -90,25 +90,30 @@ class FSC(Metric):
             if len(members) == 0:
                 scores.append(0.0)
                 continue
-            if len(members) > self.max_particles:
-                members = np.sort(rng.choice(members, self.max_particles, replace=False))
+            max_particles = int(self.settings["max_particles"])
+            if len(members) > max_particles:
+                members = np.sort(rng.choice(members, max_particles, replace=False))
             score, best, aligned = self.cluster_score(particles[members], maps, data.references.voxel, data.ctf,
                                                       seed + index)
             scores.append(score)
             shown += [aligned, maps[best]]
             self.cluster_averages[cluster] = aligned
+        figures: dict[str, Path] = {}
         if inputs.figures_dir is not None and shown:
             # each cluster's aligned average above the true map it matched best
-            volume_montage(np.stack(shown), inputs.figures_dir / "fsc_averages.png", step=2)
-        return {"AUC-FSC(mean)": float(np.mean(scores)), "AUC-FSC(min)": float(np.min(scores))}
+            figures["cluster averages"] = volume_montage(np.stack(shown), inputs.figures_dir / "fsc_averages.png",
+                                                         step=2)
+        return MetricResult({"AUC-FSC(mean)": float(np.mean(scores)), "AUC-FSC(min)": float(np.min(scores))},
+                            figures)
 
     def cluster_score(self, particles: np.ndarray, maps: np.ndarray, voxel: float, ctf: dict[str, float] | None,
                       seed: int) -> tuple[float, int, np.ndarray]:
         """(AUC-FSC, index of the best-matching map, the average aligned to it) of the
         reference-free average of (N, D, H, W) particles against (M, D, H, W) reference maps."""
         side = particles.shape[-1]
-        max_shift = self.max_shift_fraction * side
-        average, _ = alignment.reference_free_average(particles, self.iterations, seed, self.step_degrees, max_shift)
+        step, max_shift = float(self.settings["step_degrees"]), float(self.settings["max_shift_fraction"]) * side
+        iterations = int(self.settings["iterations"])
+        average, _ = alignment.reference_free_average(particles, iterations, seed, step, max_shift)
         templates = maps
         if ctf:
             # The average carries the CTF (rotationally symmetric, so it commutes with the poses).
@@ -119,7 +124,7 @@ class FSC(Metric):
             transfer = physics.ctf_rfft(side, voxel, **ctf)
             average = _filter(average, np.sign(transfer))
             templates = _filter(maps, np.abs(transfer))
-        poses = alignment.find_poses(templates, average, self.step_degrees, max_shift)  # map ~ posed average
+        poses = alignment.find_poses(templates, average, step, max_shift)  # map ~ posed average
         best = int(np.argmax(poses.scores))
         aligned = rotations.rotate_volumes(average[None], poses.rotations[best:best + 1],
                                            poses.shifts[best:best + 1])[0].numpy().astype(np.float64)

@@ -4,8 +4,10 @@ For each single dimension i of the content code, S[i] is the test accuracy of a 
 (LinearSVC, C = 0.01, balanced class weights, as in disentanglement_lib for discrete factors)
 trained on that one dimension of the train codes to predict the content class. SAP(c) is the
 gap between the best and the second-best dimension: high when one dimension alone carries the
-class. With one factor (the content class) there is nothing further to average over. NaN for
-content codes of fewer than two dimensions (zero-width: a method that only assigns classes).
+class. With one factor (the content class) there is nothing further to average over. Requires
+content codes (a method that only assigns classes has none: not applicable); NaN for a content
+code of one dimension (no gap). Setting: `max_train`, the size of the seeded subset of train
+codes the SVMs are fitted on.
 """
 
 from __future__ import annotations
@@ -44,14 +46,17 @@ def sap_gap(scores: np.ndarray) -> float:
 class SAP(Metric):
     name = "sap"
     columns = {"SAP(c)": "max"}
-    max_train = 10_000  # a seeded subset: one SVM per dimension on 60k codes adds minutes, not precision
+    requires = frozenset({"content_codes"})
+    # a seeded subset: one SVM per dimension on 60k codes adds minutes, not precision
+    settings = {"max_train": 10_000}
 
     def compute(self, inputs: MetricInput) -> dict[str, float]:
         train_codes, train_labels = inputs.train_codes.content, inputs.data.train.content
-        if train_codes.shape[1] < 2:  # no gap to measure
+        if train_codes.shape[1] < 2:  # one dimension: no gap to measure
             return {"SAP(c)": math.nan}
-        if len(train_codes) > self.max_train:
-            keep = np.random.default_rng(inputs.seed).choice(len(train_codes), self.max_train, replace=False)
+        max_train = int(self.settings["max_train"])
+        if len(train_codes) > max_train:
+            keep = np.random.default_rng(inputs.seed).choice(len(train_codes), max_train, replace=False)
             train_codes, train_labels = train_codes[keep], train_labels[keep]
         scores = single_dimension_accuracies(train_codes, train_labels, inputs.test_codes.content,
                                              inputs.data.test.content)

@@ -9,8 +9,10 @@ information beyond rotation). dcbench's operationalisation (docs/metrics.md):
 
 If z only encodes the rotation, both codes point the same way and S(z) = 1; if z also carries
 content or style, the two inputs' codes differ and S(z) falls. A code of all zeros counts as
-identical to another all-zero code (|cos| = 1), so a collapsed z scores 1 either way. NaN for a
-zero-width z (a method without transformation codes; such methods need not encode new inputs).
+identical to another all-zero code (|cos| = 1), so a collapsed z scores 1 either way. Requires
+transformation codes: not applicable for a zero-width z (a method without transformation codes;
+such methods need not encode new inputs). Settings: `pairs`, `angles` and `max_degrees` (angles
+drawn uniformly in [-max_degrees, max_degrees]).
 """
 
 from __future__ import annotations
@@ -49,22 +51,21 @@ def mean_abs_cosine(a: np.ndarray, b: np.ndarray, eps: float = 1e-8) -> float:
 class SZ(Metric):
     name = "sz"
     columns = {"S(z)": "min"}
-    pairs = 500
-    angles = 8
-    max_degrees = 90.0
+    requires = frozenset({"transformation_codes"})
+    settings = {"pairs": 500, "angles": 8, "max_degrees": 90.0}
 
     def compute(self, inputs: MetricInput) -> dict[str, float]:
         test = inputs.data.test
         rng = np.random.default_rng(inputs.seed)
         n = len(test)
-        codes = inputs.test_codes
-        if n < 2 or (codes is not None and codes.transformation.shape[1] == 0):
+        if n < 2:  # no pair of different inputs
             return {"S(z)": math.nan}
-        first = rng.integers(0, n, self.pairs)
-        second = (first + rng.integers(1, n, self.pairs)) % n  # never the same input
+        pairs, max_degrees = int(self.settings["pairs"]), float(self.settings["max_degrees"])
+        first = rng.integers(0, n, pairs)
+        second = (first + rng.integers(1, n, pairs)) % n  # never the same input
         scores = []
-        for angle in rng.uniform(-self.max_degrees, self.max_degrees, self.angles):
-            angles = np.full(self.pairs, math.radians(angle))
+        for angle in rng.uniform(-max_degrees, max_degrees, int(self.settings["angles"])):
+            angles = np.full(pairs, math.radians(angle))
             z_first = inputs.method.encode(rotate_batch(test.x[first], angles)).transformation
             z_second = inputs.method.encode(rotate_batch(test.x[second], angles)).transformation
             scores.append(mean_abs_cosine(z_first, z_second))

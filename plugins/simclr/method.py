@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dcbench.api import EpochCallback, Split
+from dcbench.api import RunContext, Split
 from dcbench.settings_checks import require_number
 from dcbench.torchkit import TorchMethod, make_adam
 from dcbench.volume_input import VolumeInput
@@ -112,13 +112,14 @@ class SimCLRDiscriminative(TorchMethod):
         loss = nt_xent(mu_c[:b], mu_c[b:], float(self.config["temperature"]))
         return {"nt_xent": loss, "total": loss}
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+    def fit(self, train: Split, context: RunContext) -> None:
         cfg = self.config
         data = self.training_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(cfg["lr"]))
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg["lr_step_epochs"]),
                                                     gamma=float(cfg["lr_gamma"]))
-        self.run_epochs(lambda epoch: self.optimise_epoch(data, optimizer, self.training_losses), on_epoch,
+        self.run_epochs(lambda epoch: self.optimise_epoch(data, optimizer, self.training_losses,
+                                                          progress=context.step_progress), context,
                         optimizer, scheduler)
 
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

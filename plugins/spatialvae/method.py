@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcbench.api import EpochCallback, Split
+from dcbench.api import RunContext, Split
 from dcbench.errors import DcbenchError
 from dcbench.settings_checks import require_number, require_whole
 from dcbench.torchkit import LossMeter, TorchMethod, make_adam, minibatches, retain_freed_memory
@@ -238,7 +238,7 @@ class SpatialVAE(TorchMethod):
         optimizer.step()
         return {key: value.detach() for key, value in terms.items()}
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+    def fit(self, train: Split, context: RunContext) -> None:
         cfg = self.config
         if self.device == "cpu" and cfg.get("retain_freed_memory", True):
             retain_freed_memory()
@@ -252,11 +252,11 @@ class SpatialVAE(TorchMethod):
             meter = LossMeter()
             for step, index in enumerate(minibatches(len(data), batch_size, self.generator)):
                 meter.add(self.train_step(data[index.to(self.device)], optimizer))
-                if self.step_progress is not None:  # the runner's early estimate of the run's duration
-                    self.step_progress.step_done(step, steps_per_epoch)
+                if context.step_progress is not None:  # the runner's early estimate of the run's duration
+                    context.step_progress.step_done(step, steps_per_epoch)
             return meter.means()
 
-        self.run_epochs(train_one_epoch, on_epoch, optimizer)
+        self.run_epochs(train_one_epoch, context, optimizer)
 
     # ----------------------------------------------------------------------------- readout
     def transformation_code(self, mu: torch.Tensor) -> torch.Tensor:

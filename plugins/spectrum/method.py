@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from dcbench.api import Codes, EpochCallback, Method, Split
+from dcbench.api import Codes, Method, RunContext, Split
 from dcbench.errors import DcbenchError
 
 BATCH = 64  # inputs per FFT batch: bounds the float64 spectra held at once (~20 MB for 32^3)
@@ -145,7 +145,7 @@ class Spectrum(Method):
         return radial_power_features(x, int(self.settings["n_shells"]), bool(self.settings["per_channel"]),
                                      float(self.settings["log_floor"]))
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+    def fit(self, train: Split, context: RunContext) -> None:
         features = self.features(train.x)
         mean, std = features.mean(0), features.std(0)
         std = np.where(std > 1e-12, std, 1.0)  # constant features (empty shells) stay 0
@@ -155,7 +155,7 @@ class Spectrum(Method):
         raw_mean, raw_axes, raw_kept = _pca_randomized(flat, int(self.config["transformation_dim"]), self.seed)
         self.arrays = {"feature_mean": mean, "feature_std": std, "content_mean": content_mean,
                        "content_axes": content_axes, "raw_mean": raw_mean, "raw_axes": raw_axes}
-        on_epoch(0, {"content_variance_kept": content_kept, "transformation_variance_kept": raw_kept})
+        context.on_epoch(0, {"content_variance_kept": content_kept, "transformation_variance_kept": raw_kept})
 
     def encode(self, x: np.ndarray) -> Codes:
         if not self.arrays:

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dcbench.api import EpochCallback, Split
+from dcbench.api import RunContext, Split, StepProgress
 from dcbench.errors import DcbenchError
 from dcbench.settings_checks import require_number, require_whole
 from dcbench.torchkit import TorchMethod, make_adam
@@ -198,15 +198,17 @@ class VITAE(TorchMethod):
         return {"recon": nll, "kl_t": kl_t, "kl_a": kl_a, "total": nll + w * (kl_t + kl_a)}
 
     def train_epoch(self, data: torch.Tensor, optimizer: torch.optim.Optimizer, epoch: int,
-                    max_steps: int | None = None) -> dict[str, float]:
+                    max_steps: int | None = None, progress: StepProgress | None = None) -> dict[str, float]:
         """One pass over `data` in shuffled minibatches (the first max_steps only if given)."""
         weight = kl_weight(epoch, int(self.config["warmup_epochs"]))
-        return self.optimise_epoch(data, optimizer, lambda batch: self.training_losses(batch, weight), max_steps)
+        return self.optimise_epoch(data, optimizer, lambda batch: self.training_losses(batch, weight), max_steps,
+                                   progress)
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+    def fit(self, train: Split, context: RunContext) -> None:
         data = self.to_tensor(train.x)
         optimizer = make_adam(self.model.parameters(), lr=float(self.config["lr"]))
-        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer, epoch), on_epoch, optimizer)
+        self.run_epochs(lambda epoch: self.train_epoch(data, optimizer, epoch, progress=context.step_progress),
+                        context, optimizer)
 
     # ----------------------------------------------------------------------------- readout
     def encode_tensor(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dcbench.api import Codes, EpochCallback, Method, Split
+from dcbench.api import Codes, Method, RunContext, Split
 
 
 class PCASplit(Method):
@@ -28,13 +28,13 @@ class PCASplit(Method):
     def supports(cls, input_shape: tuple[int, ...]) -> str | None:
         return None if len(input_shape) == 3 else "handles 2D images only"
 
-    def fit(self, train: Split, on_epoch: EpochCallback) -> None:
+    def fit(self, train: Split, context: RunContext) -> None:
         flat = train.x.reshape(len(train.x), -1).astype(np.float64)
         self.mean = flat.mean(axis=0)
         _, _, vt = np.linalg.svd(flat - self.mean, full_matrices=False)
         self.components = vt[: 2 * int(self.config["latent_dim"])]
         residual = flat - self.mean - (flat - self.mean) @ self.components.T @ self.components
-        on_epoch(0, {"residual_mse": float((residual**2).mean())})
+        context.on_epoch(0, {"residual_mse": float((residual**2).mean())})
 
     def encode(self, x: np.ndarray) -> Codes:
         codes = (x.reshape(len(x), -1) - self.mean) @ self.components.T
