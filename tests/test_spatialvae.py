@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from dcbench.api import RunContext, Split
+from dcbench.config import RunSpec
 from dcbench.errors import DcbenchError
+from dcbench.registry import build_registry
+from dcbench.runner import plan
 from dcbench_plugins.spatialvae import networks
 from dcbench_plugins.spatialvae.method import SpatialVAE, gaussian_kl
 
@@ -60,8 +63,8 @@ def test_latent_sizes_follow_dualcontrast_and_presets_differ() -> None:
     assert paper["generator_hidden"] == 500 and paper["lr"] == 1e-4 and paper["epochs"] == 200
     assert paper["theta_prior"] == pytest.approx(math.pi / 4)
     assert quick["epochs"] == 20 and set(quick) == set(paper)
-    with pytest.raises(DcbenchError, match="unknown preset"):
-        SpatialVAE.default_config("huge", (1, 28, 28))
+    with pytest.raises(DcbenchError, match="unknown preset 'huge'"):  # refused by the runner, for every method
+        plan(RunSpec(method="spatialvae", dataset="digits", preset="huge"), build_registry(entry_points=False))
 
 
 def test_unsupported_shapes_give_a_reason() -> None:

@@ -151,8 +151,6 @@ class VITAE(TorchMethod):
         }
         if preset == "quick":
             config.update(epochs=20, lr=1e-3, warmup_epochs=5)
-        elif preset != "paper":
-            raise DcbenchError(f"unknown preset '{preset}': use quick or paper")
         return config
 
     @classmethod
