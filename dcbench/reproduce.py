@@ -11,6 +11,7 @@ the runs would start are shown, and they run only with --allow-external.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,19 @@ from dcbench.registry import Registry
 
 @dataclass(frozen=True)
 class Cell:
-    method: str
-    dataset: str
-    seed: int
-    preset: str
-    epochs: int | None
-    overrides: tuple[tuple[str, str], ...]
-    metrics: tuple[str, ...]
+    """One row to rerun: its settings as a RunSpec (RunSpec.settings() shape; where to run comes
+    later, in run_spec) and its preset label as the board shows it."""
+
+    spec: RunSpec
     label: str
+
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
 
 
 def spec_from_label(label: str) -> dict[str, Any]:
@@ -60,9 +66,9 @@ def cells_from_rows(rows: list[dict[str, Any]], presets: list[str] | None = None
             continue
         if row.get("calibration"):  # no method to rerun: `dcbench calibrate` recomputes these rows
             continue
-        spec = row.get("spec") or spec_from_label(row["preset"])
-        cell = Cell(row["method"], row["dataset"], int(row["seed"]), spec["preset"], spec["epochs"],
-                    tuple(sorted(spec["overrides"].items())), tuple(spec.get("metrics") or ()), row["preset"])
+        settings = {"method": row["method"], "dataset": row["dataset"], "seed": row["seed"],
+                    **(row.get("spec") or spec_from_label(row["preset"]))}
+        cell = Cell(RunSpec.from_settings(settings), row["preset"])
         cells.setdefault((cell.method, cell.label, cell.seed), cell)
     return [cells[key] for key in sorted(cells)]
 
@@ -89,10 +95,8 @@ def load_cells(leaderboard_dir: Path, dataset: str, presets: list[str] | None = 
 
 def run_spec(cell: Cell, runs_dir: Path, leaderboard_dir: Path | None, device: str,
              data_root: Path | None) -> RunSpec:
-    settings = {"method": cell.method, "dataset": cell.dataset, "seed": cell.seed, "preset": cell.preset,
-                "epochs": cell.epochs, "overrides": dict(cell.overrides), "metrics": list(cell.metrics)}
-    return RunSpec.from_settings(settings, device=device, data_root=data_root, runs_dir=runs_dir,
-                                 leaderboard_dir=leaderboard_dir)
+    return dataclasses.replace(cell.spec, device=device, data_root=data_root, runs_dir=runs_dir,
+                               leaderboard_dir=leaderboard_dir)
 
 
 @dataclass(frozen=True)
@@ -142,10 +146,11 @@ def _row_name(cell: Cell) -> str:
 
 def command_line(cell: Cell) -> str:
     """The equivalent `dcbench run` command, for --dry-run and the docs."""
-    parts = ["dcbench run", f"--method {cell.method}", f"--dataset {cell.dataset}", f"--seed {cell.seed}",
-             f"--preset {cell.preset}"]
-    if cell.epochs is not None:
-        parts.append(f"--epochs {cell.epochs}")
-    parts += [f"--set {k}={v}" for k, v in cell.overrides]
-    parts += [f"--metric {m}" for m in cell.metrics]
+    spec = cell.spec
+    parts = ["dcbench run", f"--method {spec.method}", f"--dataset {spec.dataset}", f"--seed {spec.seed}",
+             f"--preset {spec.preset}"]
+    if spec.epochs is not None:
+        parts.append(f"--epochs {spec.epochs}")
+    parts += [f"--set {k}={v}" for k, v in sorted(spec.overrides.items())]
+    parts += [f"--metric {m}" for m in spec.metrics]
     return " ".join(parts)
