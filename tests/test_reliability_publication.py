@@ -336,3 +336,24 @@ def test_non_finite_codes_or_outputs_fail_in_one_line_naming_the_method(tmp_path
     _, record = the_record(tmp_path)
     assert record["status"] == "failed" and record["error"].startswith(message)
     assert board_lines(tmp_path) == []
+
+
+@pytest.mark.parametrize("metric_name, method, message", [
+    ("recon", NanDecoder, "method 'pub-nan-decoder' decoded non-finite outputs (NaN or infinity) for 1 of 6 "
+                          "code pairs (reconstruction error)"),
+    ("sz", NanCodes, "method 'pub-nan-codes' returned non-finite transformation codes (NaN or infinity) for 250 of "
+                     "500 rotated test inputs"),
+], ids=["recon", "sz"])
+def test_metrics_that_decode_or_encode_anew_refuse_non_finite_outputs_instead_of_reporting_n_a(
+        metric_name: str, method: type, message: str) -> None:
+    from dcbench.api import DataBundle, MetricInput, Split
+    from dcbench.registry import build_registry
+
+    x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
+    data = DataBundle(Split(x, np.arange(6) % 2), Split(x, np.arange(6) % 2))
+    m = method({"epochs": 1}, (1, 8, 8), "cpu", 0)
+    codes = Plain.encode(m, x)
+    metric = build_registry(entry_points=False).load("metric", metric_name)()
+    with pytest.raises(DcbenchError) as caught:
+        metric.compute(MetricInput(codes, codes, data, m, 0))
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)

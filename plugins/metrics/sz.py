@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from dcbench.api import Metric, MetricInput
+from dcbench.finite import check_codes
 
 
 def rotate_batch(x: np.ndarray, angles: np.ndarray) -> np.ndarray:
@@ -66,7 +67,15 @@ class SZ(Metric):
         scores = []
         for angle in rng.uniform(-max_degrees, max_degrees, int(self.settings["angles"])):
             angles = np.full(pairs, math.radians(angle))
-            z_first = inputs.method.encode(rotate_batch(test.x[first], angles)).transformation
-            z_second = inputs.method.encode(rotate_batch(test.x[second], angles)).transformation
+            z_first = self._encoded(inputs, rotate_batch(test.x[first], angles))
+            z_second = self._encoded(inputs, rotate_batch(test.x[second], angles))
             scores.append(mean_abs_cosine(z_first, z_second))
         return {"S(z)": float(np.mean(scores))}
+
+    @staticmethod
+    def _encoded(inputs: MetricInput, x: np.ndarray) -> np.ndarray:
+        """Transformation codes of rotated test inputs, refused in one line if any is not finite
+        (a NaN would make S(z) NaN, shown as n/a, instead of failing the run)."""
+        codes = inputs.method.encode(x)
+        check_codes(inputs.method.name, codes, "rotated test")
+        return codes.transformation
