@@ -77,5 +77,5 @@ class SZ(Metric):
         """Transformation codes of rotated test inputs, refused in one line if any is not finite
         (a NaN would make S(z) NaN, shown as n/a, instead of failing the run)."""
         codes = inputs.method.encode(x)
-        check_codes(inputs.method.name, codes, "rotated test")
+        check_codes(getattr(inputs.method, "name", type(inputs.method).__name__), codes, "rotated test")
         return codes.transformation
