@@ -5,8 +5,8 @@ calling compute, `score_metrics` checks each requirement against the MetricInput
 unmet the metric is "not applicable": compute is not called, every column is NaN, and the reason
 is kept ({metric: reason}, in the run's provenance.json as "not_applicable"). compute may return
 a plain {column: value} dict or a MetricResult that also names the figures it drew. A run, `dcbench
-score` and `dcbench calibrate` all score through score_metrics (runner.compute_metrics is its
-scores), so re-scoring a run reproduces its metrics.json exactly.
+score` and `dcbench calibrate` all score through score_metrics, so re-scoring a run
+reproduces its metrics.json exactly.
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ class Scoring:
     scores: dict[str, float] = field(default_factory=dict)  # every metric's columns, in order
     figures: dict[str, Path] = field(default_factory=dict)  # kind -> file a metric drew
     not_applicable: dict[str, str] = field(default_factory=dict)  # metric name -> why it was not computed
+
+    def merge(self, other: Scoring) -> None:
+        """Add another scoring's results (later metrics' columns after these)."""
+        self.scores.update(other.scores)
+        self.figures.update(other.figures)
+        self.not_applicable.update(other.not_applicable)
 
 
 def score_metrics(metrics: Sequence[Metric], inputs: MetricInput) -> Scoring:

@@ -170,12 +170,12 @@ class EpochProgress:
         from tqdm.auto import tqdm
 
         self.epochs, self.label, self.record, self.clock = epochs, label, record, clock
-        self.history: list[dict[str, float]] = record.loss_history if record else []
         self.estimator = RunEstimator(epochs, clock, wall)
         self.bar = None
         self._drawn = clock()
         if sys.stderr.isatty():
-            self.bar = tqdm(total=epochs, initial=min(len(self.history), epochs), desc=label, unit="epoch",
+            done = len(record.loss_history) if record else 0  # a resumed run starts its bar where it stopped
+            self.bar = tqdm(total=epochs, initial=min(done, epochs), desc=label, unit="epoch",
                             dynamic_ncols=True, leave=True, bar_format=BAR_FORMAT)
 
     def epoch_started(self, epoch: int) -> None:
@@ -193,9 +193,7 @@ class EpochProgress:
                 self._drawn = now
 
     def __call__(self, epoch: int, terms: dict[str, float]) -> None:
-        # A resumed run repeats the epochs after its last checkpoint: their new numbers replace the old.
-        self.history = [h for h in self.history if h["epoch"] < epoch] + [{"epoch": epoch, **terms}]
-        if self.record is not None:
+        if self.record is not None:  # a resumed run's repeated epochs replace their old numbers there
             self.record.add_epoch(epoch, terms)
         bad = [k for k, v in terms.items() if not math.isfinite(v)]
         if bad:

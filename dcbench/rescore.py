@@ -131,9 +131,7 @@ def score_run(run_dir: Path, metrics: list[Metric], registry: Registry, leaderbo
                 trained.metric = metric.name
                 computed = score_metrics([metric], inputs)  # the run's own function, metric by metric
                 _check_applies(metric, computed, before, run_dir, dataset, str(config["method"]))
-                scoring.scores.update(computed.scores)
-                scoring.figures.update(computed.figures)
-                scoring.not_applicable.update(computed.not_applicable)
+                scoring.merge(computed)
             for figure in (f for f in Path(scratch).iterdir() if f.is_file()):  # all checks passed: now write
                 atomic.write_bytes(run_dir / "figures" / figure.name, figure.read_bytes())
             if scoring.figures:  # listed for the board, as the run lists its own

@@ -249,13 +249,6 @@ def _publish(spec: RunSpec, p: Plan, record: RunRecord, metrics: dict[str, float
                                   p.dataset_cls.reported_source, commit=finish)
 
 
-def compute_metrics(metrics: list[Metric], inputs: MetricInput) -> dict[str, float]:
-    """Every metric's columns as floats, in order (NaN for a metric whose requirements the inputs
-    do not meet). The one way to score is metric_contract.score_metrics: a run's metrics phase and
-    `dcbench score` (dcbench.rescore) both go through it, so re-scoring reproduces a run exactly."""
-    return score_metrics(metrics, inputs).scores
-
-
 def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str, float], dict[str, Any]]:
     with record.phase("load_data"):
         data = load_data(p.dataset_cls, p.data_settings, spec.data_root, spec.seed)
