@@ -287,8 +287,15 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         from dcbench.run_figures import write_run_figures
 
         figures = dict(scoring.figures)  # what each drawer returns, listed in figures.json for the board
-        figures.update(write_run_figures(method, data, test_codes, record.path / "figures",
-                                         f"{spec.method} on {spec.dataset}", spec.seed))
+        from dcbench import training_curves
+
+        title = f"{spec.method} on {spec.dataset}"
+        figures.update(write_run_figures(method, data, test_codes, record.path / "figures", title, spec.seed))
+        curves = training_curves.draw_training_curves(record.loss_history, record.path / "figures" /
+                                                      training_curves.FILE, title,
+                                                      training_curves.lr_step_epochs(p.config))
+        if curves is not None:
+            figures[training_curves.KIND] = curves
         figures.update(classification_report.write_for_run(record.path, method, data, test_codes,
                                                            spec.seed))  # 3D runs only
         from dcbench import exports  # STAR classes and MRC class averages; 3D runs only
