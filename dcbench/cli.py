@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -212,6 +213,19 @@ def sweep_command(methods: tuple[str, ...], datasets: tuple[str, ...], seeds: st
                            f"and the logs in {folder / 'logs'}")
 
 
+def reported_numbers(dataset: str) -> tuple[Mapping[str, Mapping[str, float]], str]:
+    """The paper's numbers a board shows as *reported* rows, and their source, for a registered
+    dataset; none for a board whose dataset is not registered here. Every re-render passes them
+    (a render without them drops those rows from the page)."""
+    from dcbench.registry import get_registry  # lazily: `dcbench --help` imports no plugins
+
+    registry = get_registry()
+    if dataset not in registry.names("dataset"):
+        return {}, ""
+    dataset_cls = registry.load("dataset", dataset)
+    return dataset_cls.reported, dataset_cls.reported_source
+
+
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--load-data", is_flag=True, help="Name the classes by loading the run's dataset again (runs whose "
@@ -226,7 +240,8 @@ def report_command(run_dir: Path, load_data: bool, leaderboard_dir: Path | None)
     if leaderboard_dir is not None:
         from dcbench import leaderboard
 
-        board = leaderboard.republish(leaderboard_dir, run_dataset(run_dir), run_dir)
+        dataset = run_dataset(run_dir)
+        board = leaderboard.republish(leaderboard_dir, dataset, run_dir, *reported_numbers(dataset))
         click.echo(f"updated {board}" if board else f"{leaderboard_dir}: no seed-0 row of {run_dir}; unchanged")
 
 
@@ -275,7 +290,6 @@ def leaderboard_command(dataset: str | None, leaderboard_dir: Path) -> None:
     """Re-render and print the leaderboard of DATASET (or list the leaderboards there)."""
     from dcbench import leaderboard
     from dcbench.errors import unknown_name_message
-    from dcbench.registry import get_registry
 
     available = sorted(p.stem for p in Path(leaderboard_dir).glob("*.jsonl"))
     if dataset is None:
@@ -283,12 +297,7 @@ def leaderboard_command(dataset: str | None, leaderboard_dir: Path) -> None:
         return
     if dataset not in available:
         raise DcbenchError(unknown_name_message("leaderboard", dataset, available))
-    reported, source = {}, ""
-    registry = get_registry()
-    if dataset in registry.names("dataset"):
-        dataset_cls = registry.load("dataset", dataset)
-        reported, source = dataset_cls.reported, dataset_cls.reported_source
-    path = leaderboard.render(leaderboard_dir, dataset, reported, source)
+    path = leaderboard.render(leaderboard_dir, dataset, *reported_numbers(dataset))
     click.echo(path.read_text(encoding="utf-8"))
 
 

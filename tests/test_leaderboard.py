@@ -130,3 +130,13 @@ def test_budgets_say_what_the_networks_saw_on_boards_with_volume_runs() -> None:
     assert "paper; raw" in next(line for line in budgets.splitlines() if line.startswith("| c "))
     assert "own; low-pass 1.5 voxels, bin 2" in next(line for line in budgets.splitlines() if line.startswith("| d "))
     assert "raw (not recorded)" in next(line for line in budgets.splitlines() if line.startswith("| a "))
+
+
+def test_every_re_render_from_the_command_line_gets_the_papers_numbers() -> None:
+    # `dcbench leaderboard` and `dcbench report --leaderboard-dir` both render through this;
+    # a render without the reported rows would drop them from the page.
+    from dcbench.cli import reported_numbers
+
+    reported, source = reported_numbers("mnist")
+    assert reported["dualcontrast"]["D(c|z)"] == 0.31 and "Table 2" in source
+    assert reported_numbers("no-such-board") == ({}, "")
