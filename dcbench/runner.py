@@ -284,18 +284,13 @@ def _execute_phases(spec: RunSpec, p: Plan, record: RunRecord) -> tuple[dict[str
         record.note_not_applicable(scoring.not_applicable)
         atomic.write_json(record.path / "metrics.json", metrics)
     with record.phase("figures"):
+        from dcbench import training_curves
         from dcbench.run_figures import write_run_figures
 
         figures = dict(scoring.figures)  # what each drawer returns, listed in figures.json for the board
-        from dcbench import training_curves
-
         title = f"{spec.method} on {spec.dataset}"
         figures.update(write_run_figures(method, data, test_codes, record.path / "figures", title, spec.seed))
-        curves = training_curves.draw_training_curves(record.loss_history, record.path / "figures" /
-                                                      training_curves.FILE, title,
-                                                      training_curves.lr_step_epochs(p.config))
-        if curves is not None:
-            figures[training_curves.KIND] = curves
+        figures.update(training_curves.write_for_run(record.path / "figures", record.loss_history, p.config, title))
         figures.update(classification_report.write_for_run(record.path, method, data, test_codes,
                                                            spec.seed))  # 3D runs only
         from dcbench import exports  # STAR classes and MRC class averages; 3D runs only

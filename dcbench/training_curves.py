@@ -24,15 +24,15 @@ def draw_training_curves(history: Sequence[Mapping[str, float]], target: Path, t
                          lr_steps: Sequence[int] = ()) -> Path | None:
     """Draw one panel per loss term against the epoch (1-based), log-scaled where every value is
     positive, with a dashed line after each epoch in lr_steps (1-based: the last epoch at the
-    old learning rate). None (nothing drawn) for under two epochs."""
-    if len(history) < 2:
+    old learning rate). None (nothing drawn) for under two epochs or a history without terms."""
+    terms = loss_terms(history)
+    if len(history) < 2 or not terms:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    terms = loss_terms(history)
     cols = min(3, len(terms))
     rows = math.ceil(len(terms) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
@@ -67,3 +67,10 @@ def lr_step_epochs(config: Mapping[str, object]) -> list[int]:
     if not isinstance(every, int) or not isinstance(epochs, int) or every <= 0:
         return []
     return list(range(every, epochs, every))
+
+
+def write_for_run(folder: Path, history: Sequence[Mapping[str, float]], config: Mapping[str, object],
+                  title: str) -> dict[str, Path]:
+    """The run's training curves in `folder`, as {KIND: file} for figures.json; {} if none drawn."""
+    drawn = draw_training_curves(history, Path(folder) / FILE, title, lr_step_epochs(config))
+    return {KIND: drawn} if drawn is not None else {}

@@ -26,6 +26,7 @@ def test_one_panel_per_term_in_first_seen_order_and_nothing_for_a_single_epoch(t
     assert drawn == tmp_path / "curves.png" and drawn.read_bytes()[:4] == PNG
     assert draw_training_curves(history[:1], tmp_path / "one.png", "m on d") is None
     assert not (tmp_path / "one.png").exists()
+    assert draw_training_curves([{"epoch": 0}, {"epoch": 1}], tmp_path / "none.png", "m on d") is None
 
 
 def test_non_finite_values_are_left_out_not_fatal(tmp_path: Path) -> None:
